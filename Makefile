@@ -1,0 +1,50 @@
+# immunoplex: the two commands a fresh machine needs are `make train` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= data/synthetic
+SIZE ?= default
+SEED ?= 0
+ARGS ?=
+
+.PHONY: setup train test test-fast test-slow lint format bench clean-data
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+
+# Reinstall whenever pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(DATA)/manifest.csv: | $(STAMP)
+	$(VENV)/bin/immunoplex-synth out_dir=$(DATA) size=$(SIZE) seed=$(SEED)
+
+## Generate the synthetic cohort (if missing) and train the default multimodal model on it.
+train: $(STAMP) $(DATA)/manifest.csv
+	$(VENV)/bin/immunoplex-train data.root=$(DATA) seed=$(SEED) $(ARGS)
+
+## Full test suite in one run: the fast tier and the slow tier (DDP, resume, long runs).
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
+
+clean-data:
+	rm -rf $(DATA)

@@ -1,0 +1,3 @@
+"""immunoplex: immunotherapy response from multiplex tumour images plus gene expression."""
+
+__version__ = "0.1.0"

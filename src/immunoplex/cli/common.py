@@ -1,0 +1,34 @@
+"""Shared CLI behaviour: project errors become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from immunoplex.errors import ImmunoplexError
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print ImmunoplexError messages without a traceback and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImmunoplexError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def find_cause(err: BaseException) -> ImmunoplexError | None:
+    """The ImmunoplexError behind an exception Hydra wrapped, if any."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ImmunoplexError):
+            return seen
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return None

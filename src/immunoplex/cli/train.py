@@ -1,0 +1,64 @@
+"""`immunoplex-train`: Hydra entry point around :func:`immunoplex.train.train`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from immunoplex.errors import ImmunoplexError
+from immunoplex.paths import config_dir
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The short report printed at the end of a run."""
+
+    def fmt(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    n = summary.get("n_patients", {})
+    lines = [
+        "",
+        "=== immunoplex training summary ===",
+        f"split: {summary.get('split')}  patients train/val/test: "
+        f"{n.get('train')}/{n.get('val')}/{n.get('test')}",
+        f"held-out (test) AUROC:         {fmt(summary.get('test_auroc'))}",
+    ]
+    if summary.get("test_bayes_auroc") is not None:
+        lines.append(f"Bayes-optimal AUROC (same patients): {fmt(summary.get('test_bayes_auroc'))}")
+    lines.append(f"validation AUROC:              {fmt(summary.get('val_auroc'))}")
+    if summary.get("temperature") is not None:
+        lines.append(f"temperature (fitted on val):   {summary['temperature']:.3f}")
+    if summary.get("skipped_slides"):
+        lines.append(f"skipped slides: {len(summary['skipped_slides'])} (see the log)")
+    lines += [
+        f"checkpoint: {summary.get('checkpoint')}",
+        f"run dir (logs, predictions, config): {summary.get('run_dir')}",
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    from immunoplex.train import train
+
+    try:
+        summary = train(cfg)
+    except ImmunoplexError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if summary:
+        print(format_summary(summary))
+        metric = summary.get("val_auroc")
+        return float(metric) if metric is not None else None
+    return None
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

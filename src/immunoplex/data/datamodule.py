@@ -1,0 +1,394 @@
+"""The patient-level LightningDataModule: cohort -> split -> tile caches -> patient bags."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from immunoplex.cohort import Cohort, load_cohort
+from immunoplex.data.bags import (
+    PatientBagDataset,
+    PatientRecord,
+    PatientSampler,
+    SlideTiles,
+    collate_bags,
+)
+from immunoplex.errors import ImmunoplexError, ManifestError
+from immunoplex.expression import ExpressionNormalizer, read_expression
+from immunoplex.intensity import IntensityNorm
+from immunoplex.io.panel import Panel
+from immunoplex.splits import Split, make_split
+from immunoplex.tilecache import TileCache, TileSet
+from immunoplex.tiling import TilingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitConfig:
+    mode: str = "fixed"
+    fold: int = 0
+    n_folds: int = 5
+    inner_fold: int = 0
+    n_inner_folds: int = 4
+    test_cohort: str | None = None
+    val_fraction: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    """Plain values describing where the cohort is and how to turn it into patient bags."""
+
+    manifest: str
+    expression: str | None = None
+    cache_dir: str = "cache"
+    markers: Sequence[str] = ("DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b")
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    required_markers: Sequence[str] | None = None  # None: all markers required
+    tile_size: int = 32
+    mpp: float = 2.0
+    min_tissue: float = 0.5
+    intensity_low: float = 1.0
+    intensity_high: float = 99.5
+    expression_norm: str = "zscore_cohort"
+    clinical_columns: Sequence[str] = ()
+    treatments: Sequence[str] | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    bag_size: int = 64
+    max_eval_tiles: int | None = None
+    batch_size: int = 8
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    balanced_sampling: bool = False
+    prep_workers: int | None = None
+    on_bad_slide: str = "error"  # "error" or "skip" (skipped slides are reported)
+    seed: int = 0
+
+
+def _build_one(args: tuple[str, str, Panel, TilingParams, float | None, list[str] | None]) -> Any:
+    cache_root, path, panel, params, mpp, required = args
+    try:
+        TileCache(cache_root).load_or_build(path, panel, params, mpp=mpp, required=required)
+        return None
+    except ImmunoplexError as err:
+        return str(err)
+
+
+class ResponseDataModule(L.LightningDataModule):
+    """Builds patient records from a manifest, an optional expression table and tile caches."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.panel = Panel(list(cfg.markers), aliases=dict(cfg.aliases or {}))
+        self.params = TilingParams(
+            tile_size=cfg.tile_size, mpp=cfg.mpp, min_tissue=cfg.min_tissue
+        )
+        self.cohort: Cohort | None = None
+        self.split: Split | None = None
+        self.records: dict[str, PatientRecord] = {}
+        self.skipped: list[str] = []
+        self.genes: list[str] = []
+        self.expression_norm: ExpressionNormalizer | None = None
+        self.clinical_stats: dict[str, list[float]] = {}
+        self.treatments: list[str] = []
+        self._prepared = False
+
+    # ---- preparation (rank zero): tile caches -------------------------------------------
+    def _required(self) -> list[str] | None:
+        req = self.cfg.required_markers
+        return None if req is None else list(req)
+
+    def prepare_data(self) -> None:
+        """Tile every slide once into the on-disk cache (parallel, resumable, atomic)."""
+        cohort = load_cohort(self.cfg.manifest, list(self.cfg.clinical_columns))
+        jobs = [
+            (
+                self.cfg.cache_dir,
+                str(row.image_path),
+                self.panel,
+                self.params,
+                self._slide_mpp(row),
+                self._required(),
+            )
+            for row in cohort.slides.itertuples()
+        ]
+        workers = self.cfg.prep_workers or min(len(jobs), os.cpu_count() or 1)
+        if workers <= 1 or len(jobs) <= 1:
+            errors = [_build_one(j) for j in jobs]
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                errors = list(pool.map(_build_one, jobs, chunksize=4))
+        bad = [e for e in errors if e]
+        if bad and self.cfg.on_bad_slide != "skip":
+            raise ManifestError(bad[0])
+        self._prepared = True
+
+    @staticmethod
+    def _slide_mpp(row: Any) -> float | None:
+        mpp = getattr(row, "mpp", None)
+        return None if mpp is None or pd.isna(mpp) else float(mpp)
+
+    # ---- setup (every rank): records -----------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        cfg = self.cfg
+        cohort = load_cohort(cfg.manifest, list(cfg.clinical_columns))
+        self.cohort = cohort
+        sc = cfg.split
+        self.split = make_split(
+            cohort.patients,
+            mode=sc.mode,
+            fold=sc.fold,
+            n_folds=sc.n_folds,
+            inner_fold=sc.inner_fold,
+            n_inner_folds=sc.n_inner_folds,
+            test_cohort=sc.test_cohort,
+            val_fraction=sc.val_fraction,
+            seed=cfg.seed,
+        )
+        train_ids = set(self.split.train)
+        patients = cohort.patients.set_index("patient_id")
+        self.treatments = self._treatment_list(cohort)
+        clinical = self._clinical_matrix(patients, train_ids)
+        expression = self._expression_matrix(patients, train_ids)
+        slides = self._load_slides(cohort)
+        for pid, row in patients.iterrows():
+            pid = str(pid)
+            self.records[pid] = PatientRecord(
+                patient_id=pid,
+                label=int(row["label"]),
+                treatment=self.treatments.index(self._treatment_name(row["treatment"])),
+                cohort=str(row["cohort"]),
+                clinical=clinical[pid],
+                expression=expression.get(pid),
+                slides=slides.get(pid, []),
+            )
+        lost = [p for p in self.split.val + self.split.test if not self._usable(self.records[p])]
+        if lost:
+            raise ManifestError(
+                f"{cohort.manifest}: patient(s) {lost[:5]} in val/test have neither usable "
+                "slides nor expression"
+            )
+
+    def _usable(self, rec: PatientRecord) -> bool:
+        return rec.n_tiles > 0 or rec.expression is not None
+
+    @staticmethod
+    def _treatment_name(value: object) -> str:
+        text = str(value).strip()
+        return text if text else "unspecified"
+
+    def _treatment_list(self, cohort: Cohort) -> list[str]:
+        seen = sorted({self._treatment_name(t) for t in cohort.patients["treatment"]})
+        if self.cfg.treatments is None:
+            return seen
+        allowed = list(self.cfg.treatments)
+        unknown = [t for t in seen if t not in allowed]
+        if unknown:
+            raise ManifestError(
+                f"{cohort.manifest}: treatment(s) {unknown} not in the configured list {allowed}"
+            )
+        return allowed
+
+    def _clinical_matrix(
+        self, patients: pd.DataFrame, train_ids: set[str]
+    ) -> dict[str, np.ndarray]:
+        """Standardised clinical values plus an observed indicator each (nothing imputed)."""
+        cols = list(self.cfg.clinical_columns)
+        out: dict[str, np.ndarray] = {}
+        stats: dict[str, list[float]] = {}
+        for col in cols:
+            train_vals = patients.loc[patients.index.isin(train_ids), col].dropna()
+            if train_vals.empty:
+                raise ManifestError(f"clinical column {col!r} has no value in training patients")
+            sd = float(train_vals.std(ddof=0)) or 1.0
+            stats[col] = [float(train_vals.mean()), sd]
+        self.clinical_stats = stats
+        for pid, row in patients.iterrows():
+            vec = []
+            for col in cols:
+                v = row[col]
+                observed = not pd.isna(v)
+                mean, sd = stats[col]
+                vec += [(float(v) - mean) / sd if observed else 0.0, float(observed)]
+            out[str(pid)] = np.asarray(vec, dtype=np.float32)
+        return out
+
+    def _expression_matrix(
+        self, patients: pd.DataFrame, train_ids: set[str]
+    ) -> dict[str, np.ndarray]:
+        if not self.cfg.expression:
+            return {}
+        table = read_expression(self.cfg.expression)
+        values = table.values
+        unknown = sorted(set(values.index) - set(patients.index))
+        if unknown:
+            log.warning(
+                "%s: %d expression sample(s) match no patient in the manifest and are not used: %s",
+                table.source,
+                len(unknown),
+                unknown[:5],
+            )
+        values = values.loc[values.index.isin(patients.index)]
+        cohorts = patients.loc[values.index, "cohort"].astype(str)
+        fit_ids = [i for i in values.index if i in train_ids]
+        if not fit_ids:
+            raise ManifestError(f"{table.source}: no training patient has expression")
+        self.genes = list(values.columns)
+        norm = ExpressionNormalizer(method=self.cfg.expression_norm)
+        norm.fit(values.loc[fit_ids], cohorts.loc[fit_ids])
+        self.expression_norm = norm
+        matrix = norm.transform(values, cohorts)
+        missing = [p for p in patients.index if p not in set(values.index)]
+        if missing:
+            log.info("%d patient(s) have no expression (missing modality)", len(missing))
+        return {str(pid): matrix[i] for i, pid in enumerate(values.index)}
+
+    def _load_slides(self, cohort: Cohort) -> dict[str, list[SlideTiles]]:
+        cache = TileCache(self.cfg.cache_dir)
+        out: dict[str, list[SlideTiles]] = {}
+        for row in cohort.slides.itertuples():
+            try:
+                ts: TileSet = cache.load_or_build(
+                    row.image_path,
+                    self.panel,
+                    self.params,
+                    mpp=self._slide_mpp(row),
+                    required=self._required(),
+                )
+            except ImmunoplexError as err:
+                if self.cfg.on_bad_slide != "skip":
+                    raise
+                self.skipped.append(f"{row.slide_id}: {err}")
+                continue
+            if len(ts.coords) == 0:
+                self.skipped.append(f"{row.slide_id}: no tissue tiles")
+                continue
+            norm = IntensityNorm.fit(
+                ts.tiles,
+                present=ts.present,
+                low_pct=self.cfg.intensity_low,
+                high_pct=self.cfg.intensity_high,
+            )
+            out.setdefault(str(row.patient_id), []).append(
+                SlideTiles(
+                    slide_id=str(row.slide_id),
+                    tiles=ts.tiles,
+                    coords=np.asarray(ts.coords),
+                    low=np.asarray(norm.low, dtype=np.float32),
+                    high=np.asarray(norm.high, dtype=np.float32),
+                    present=np.asarray(ts.present, dtype=bool),
+                )
+            )
+        if self.skipped:
+            log.warning("skipped %d slide(s):\n  %s", len(self.skipped), "\n  ".join(self.skipped))
+        return out
+
+    # ---- dims and metadata ---------------------------------------------------------------
+    @property
+    def dims(self) -> dict[str, Any]:
+        return {
+            "n_channels": len(self.panel.markers),
+            "markers": list(self.panel.markers),
+            "n_genes": len(self.genes),
+            "gene_names": list(self.genes),
+            "n_clinical": 2 * len(self.cfg.clinical_columns),
+            "treatments": list(self.treatments),
+        }
+
+    def pos_weight(self) -> float:
+        assert self.split is not None
+        y = np.array([self.records[p].label for p in self.split.train])
+        y = y[y >= 0]
+        return float((y == 0).sum() / max((y == 1).sum(), 1))
+
+    def metadata(self) -> dict[str, Any]:
+        """What inference needs to turn a new slide/table into the same inputs."""
+        return {
+            "panel": {"markers": list(self.panel.markers), "aliases": dict(self.cfg.aliases)},
+            "required_markers": self._required(),
+            "tiling": self.params.to_dict(),
+            "intensity": {
+                "mode": "slide",
+                "low_pct": self.cfg.intensity_low,
+                "high_pct": self.cfg.intensity_high,
+            },
+            "genes": list(self.genes),
+            "expression_norm": self.expression_norm.to_dict() if self.expression_norm else None,
+            "clinical_columns": list(self.cfg.clinical_columns),
+            "clinical_stats": self.clinical_stats,
+            "treatments": list(self.treatments),
+            "split": self.split.name if self.split else None,
+        }
+
+    # ---- loaders -------------------------------------------------------------------------
+    def patient_ids(self, stage: str) -> list[str]:
+        assert self.split is not None
+        ids = {"train": self.split.train, "val": self.split.val, "test": self.split.test}[stage]
+        recs = [p for p in ids if self._usable(self.records[p])]
+        if stage == "train":
+            recs = [p for p in recs if self.records[p].label >= 0]
+        return recs
+
+    def dataset(self, stage: str) -> PatientBagDataset:
+        recs = [self.records[p] for p in self.patient_ids(stage)]
+        bag = self.cfg.bag_size if stage == "train" else self.cfg.max_eval_tiles
+        return PatientBagDataset(recs, len(self.panel.markers), len(self.genes), bag)
+
+    def _loader(self, stage: str) -> DataLoader:
+        ds = self.dataset(stage)
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = PatientSampler(
+            [r.label for r in ds.records],
+            train=stage == "train",
+            seed=self.cfg.seed,
+            balanced=self.cfg.balanced_sampling and stage == "train",
+            rank=rank,
+            world_size=world,
+        )
+        workers = self.cfg.num_workers
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            collate_fn=collate_bags,
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.cfg.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def data_config_from(cfg: Any, seed: int, root: Path | None = None) -> DataConfig:
+    """DataConfig from a Hydra/OmegaConf node (or dict)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    assert isinstance(d, dict)
+    d = {k: v for k, v in d.items() if not str(k).startswith("_") and k != "root"}
+    split = SplitConfig(**(d.pop("split", None) or {}))
+    return DataConfig(split=split, seed=seed, **d)

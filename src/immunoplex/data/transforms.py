@@ -1,0 +1,75 @@
+"""Device-side tile transforms: intensity normalisation and training augmentation.
+
+Tiles travel to the device as uint16 (half the bytes of float16, a quarter of float32) and are
+converted, normalised and augmented there, so the DataLoader never becomes the bottleneck.
+Augmentation randomness comes from an explicit generator so a resumed run replays it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from immunoplex.intensity import normalise_torch
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation strengths (all per tile or per patient, never per batch)."""
+
+    flips: bool = True
+    rot90: bool = True
+    intensity_jitter: float = 0.15  # std of the log-gain per patient and channel
+    channel_dropout: float = 0.0  # probability of blanking a whole channel for a patient
+
+
+def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of a square tile batch (..., H, W)."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def normalise_tiles(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """uint16 tiles (B, N, C, T, T) -> float32 in [0, 1] with per-tile channel statistics."""
+    tiles = batch["tiles"]
+    low = batch["tile_low"][..., None, None]
+    high = batch["tile_high"][..., None, None]
+    return normalise_torch(tiles.to(torch.float32), low, high)
+
+
+def augment_tiles(
+    x: torch.Tensor,
+    tile_mask: torch.Tensor,
+    channel_mask: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment normalised tiles (B, N, C, T, T); returns tiles and the updated channel mask."""
+    b, n, c = x.shape[:3]
+    dev = x.device
+    if cfg.flips or cfg.rot90:
+        choices = 8 if cfg.flips else 4
+        k = torch.randint(0, choices, (b, n), generator=generator, device=dev)
+        if not cfg.rot90:
+            k = k * 4  # 0 or 4: identity or flip
+        out = x.clone()
+        for code in range(8):
+            sel = k == code
+            if code and bool(sel.any()):
+                out[sel] = _dihedral(x[sel], code)
+        x = out
+    if cfg.intensity_jitter > 0:
+        gain = torch.exp(
+            torch.randn((b, 1, c, 1, 1), generator=generator, device=dev) * cfg.intensity_jitter
+        )
+        x = (x * gain).clamp_(0.0, 1.0)
+    if cfg.channel_dropout > 0:
+        keep = torch.rand((b, c), generator=generator, device=dev) >= cfg.channel_dropout
+        # Never drop every channel of a patient.
+        keep[~keep.any(dim=1)] = True
+        channel_mask = channel_mask & keep
+        x = x * keep[:, None, :, None, None].to(x.dtype)
+    x = x * tile_mask[:, :, None, None, None].to(x.dtype)
+    return x, channel_mask
