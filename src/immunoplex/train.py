@@ -55,6 +55,15 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
     dm = ResponseDataModule(data_config_from(cfg.data, int(cfg.seed)))
     dm.prepare_data()
     dm.setup()
+    if dm.embedding_mode:
+        from immunoplex.embed import build_encoder
+
+        emb = cfg.data.embeddings
+        encoder = build_encoder(
+            cfg.model, dm.dims["markers"], emb.get("encoder_checkpoint"), seed=int(cfg.seed)
+        )
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+        dm.attach_embeddings(encoder, device=device, progress=True)
     mod_cfg = cfg.module
     pos_weight = dm.pos_weight() if mod_cfg.pos_weight == "auto" else float(mod_cfg.pos_weight)
     module = ResponseModule(
@@ -71,6 +80,10 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
         metadata=dm.metadata(),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
+    if dm.embedding_encoder is not None:
+        # The checkpoint must embed new slides exactly as the cache did: same frozen encoder.
+        module.model.encoder.load_state_dict(dm.embedding_encoder.encoder.state_dict())
+        module.model.encoder.requires_grad_(False)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -24,9 +24,9 @@ from immunoplex.data.bags import (
     SlideTiles,
     collate_bags,
 )
+from immunoplex.data.slides import slide_tiles
 from immunoplex.errors import ImmunoplexError, ManifestError
 from immunoplex.expression import ExpressionNormalizer, read_expression
-from immunoplex.intensity import IntensityNorm
 from immunoplex.io.panel import Panel
 from immunoplex.splits import Split, make_split
 from immunoplex.tilecache import TileCache, TileSet
@@ -74,6 +74,7 @@ class DataConfig:
     balanced_sampling: bool = False
     prep_workers: int | None = None
     on_bad_slide: str = "error"  # "error" or "skip" (skipped slides are reported)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # two-stage mode, see embed.py
     seed: int = 0
 
 
@@ -104,6 +105,8 @@ class ResponseDataModule(L.LightningDataModule):
         self.expression_norm: ExpressionNormalizer | None = None
         self.clinical_stats: dict[str, list[float]] = {}
         self.treatments: list[str] = []
+        self.slide_keys: dict[str, str] = {}
+        self.embedding_encoder: torch.nn.Module | None = None
         self._prepared = False
 
     # ---- preparation (rank zero): tile caches -------------------------------------------
@@ -278,25 +281,42 @@ class ResponseDataModule(L.LightningDataModule):
             if len(ts.coords) == 0:
                 self.skipped.append(f"{row.slide_id}: no tissue tiles")
                 continue
-            norm = IntensityNorm.fit(
-                ts.tiles,
-                present=ts.present,
-                low_pct=self.cfg.intensity_low,
-                high_pct=self.cfg.intensity_high,
+            self.slide_keys[str(row.slide_id)] = ts.key
+            st = slide_tiles(
+                ts, str(row.slide_id), self.cfg.intensity_low, self.cfg.intensity_high
             )
-            out.setdefault(str(row.patient_id), []).append(
-                SlideTiles(
-                    slide_id=str(row.slide_id),
-                    tiles=ts.tiles,
-                    coords=np.asarray(ts.coords),
-                    low=np.asarray(norm.low, dtype=np.float32),
-                    high=np.asarray(norm.high, dtype=np.float32),
-                    present=np.asarray(ts.present, dtype=bool),
-                )
-            )
+            out.setdefault(str(row.patient_id), []).append(st)
         if self.skipped:
             log.warning("skipped %d slide(s):\n  %s", len(self.skipped), "\n  ".join(self.skipped))
         return out
+
+    # ---- two-stage mode -------------------------------------------------------------------
+    @property
+    def embedding_mode(self) -> bool:
+        return bool((self.cfg.embeddings or {}).get("enabled", False))
+
+    def attach_embeddings(
+        self, encoder: torch.nn.Module, device: str | torch.device = "cpu", shard: int = 0,
+        num_shards: int = 1, progress: bool = False,
+    ) -> dict[str, int]:
+        """Compute/load cached embeddings for this shard's slides; tiles are then not needed."""
+        from immunoplex.embed import EmbeddingCache, embed_slides
+
+        emb_cfg = self.cfg.embeddings or {}
+        cache = EmbeddingCache(Path(emb_cfg.get("cache_dir") or Path(self.cfg.cache_dir) / "emb"))
+        all_slides = [st for rec in self.records.values() for st in rec.slides]
+        mine = sorted(all_slides, key=lambda st: st.slide_id)[shard::num_shards]
+        pairs = [(self.slide_keys[st.slide_id], st) for st in mine]
+        report = embed_slides(
+            encoder, pairs, cache, self.cfg.intensity_low, self.cfg.intensity_high,
+            device=device, batch_size=int(emb_cfg.get("batch_size", 512)),
+            autocast=bool(emb_cfg.get("autocast", False)), progress=progress,
+        )
+        if num_shards == 1:
+            for st in all_slides:
+                st.tiles = None  # bags now carry embeddings only
+            self.embedding_encoder = encoder
+        return report
 
     # ---- dims and metadata ---------------------------------------------------------------
     @property
@@ -389,6 +409,7 @@ def data_config_from(cfg: Any, seed: int, root: Path | None = None) -> DataConfi
 
     d = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
     assert isinstance(d, dict)
-    d = {k: v for k, v in d.items() if not str(k).startswith("_") and k != "root"}
+    # root and truth are read by the CLI/summary, not by the data module.
+    d = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in ("root", "truth")}
     split = SplitConfig(**(d.pop("split", None) or {}))
     return DataConfig(split=split, seed=seed, **d)

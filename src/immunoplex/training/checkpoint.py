@@ -34,8 +34,8 @@ def software_versions() -> dict[str, str]:
 
     return {
         "immunoplex": immunoplex.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "lightning": lightning.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),

@@ -129,7 +129,7 @@ class ResponseModule(L.LightningModule):
             loss = logit.sum() * 0.0
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         if labelled.any():
-            metrics[stage].update(torch.sigmoid(logit[labelled]), label[labelled].long())
+            metrics[stage].update(torch.sigmoid(logit[labelled].detach()), label[labelled].long())
         self.log(
             f"{stage}/loss",
             loss,
@@ -153,12 +153,12 @@ class ResponseModule(L.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         coll = metrics[stage]
-        if all(m.update_count == 0 for m in coll.values()):
+        if all(m.update_count == 0 for m in coll.values(copy_state=False)):
             return
         values = coll.compute()
-        self.log_dict(values, prog_bar=False, sync_dist=False)
-        if stage != "test":
-            self.log(f"{stage}/auroc", values[f"{stage}/auroc"], prog_bar=True)
+        auroc = values.pop(f"{stage}/auroc")
+        self.log_dict(values, prog_bar=False)
+        self.log(f"{stage}/auroc", auroc, prog_bar=stage != "test")
         coll.reset()
 
     def on_train_epoch_end(self) -> None:

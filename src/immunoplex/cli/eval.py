@@ -1,0 +1,82 @@
+"""``immunoplex-eval``: evaluate a predictions CSV and write metrics.json + HTML/Markdown report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from immunoplex.errors import ConfigError, ImmunoplexError
+from immunoplex.paths import config_dir
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as configured by ``configs/eval.yaml``; returns the metrics dict."""
+    if OmegaConf.is_missing(cfg, "predictions") or not cfg.predictions:
+        raise ConfigError("eval: predictions=PATH is required")
+    from immunoplex.evaluate import evaluate_predictions  # heavy (scipy, matplotlib): lazy
+
+    group_by = cfg.group_by
+    if isinstance(group_by, str):
+        group_by = [group_by]
+    return evaluate_predictions(
+        Path(cfg.predictions),
+        Path(cfg.out_dir),
+        threshold=float(cfg.threshold),
+        group_by=list(group_by or []),
+        n_boot=int(cfg.n_boot),
+        seed=int(cfg.seed),
+        level=float(cfg.ci_level),
+        ece_bins=int(cfg.ece_bins),
+        prob_column=str(cfg.prob_column),
+        compare=None if cfg.compare in (None, "") else Path(cfg.compare),
+        compare_prob_column=str(cfg.compare_prob_column),
+        intersect=bool(cfg.intersect),
+        name=cfg.name,
+        compare_name=cfg.compare_name,
+        roc_band_boot=None if cfg.roc_band_boot is None else int(cfg.roc_band_boot),
+        title=str(cfg.title),
+    )
+
+
+def _summary(result: dict[str, Any], out_dir: str) -> str:
+    m = result["overall"]["metrics"]["auroc"]
+    inp = result["input"]
+    auc = "undefined" if m["estimate"] is None else f"{m['estimate']:.3f}"
+    if m.get("ci_low") is not None:
+        auc += f" [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+    lines = [
+        f"evaluated {inp['n_labelled']} labelled patients "
+        f"({inp['n_unlabelled']} unlabelled excluded) from {inp['predictions']}",
+        f"AUROC {auc}",
+    ]
+    if "delong" in result.get("comparison", {}):
+        d = result["comparison"]["delong"]
+        lines.append(
+            f"vs {result['comparison']['b']['name']}: dAUROC {d['difference']:+.3f}, "
+            f"DeLong p = {d['p_value']:.3g}"
+        )
+    lines.append(f"report: {Path(out_dir) / 'report.html'}")
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        result = run(cfg)
+    except ImmunoplexError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(_summary(result, cfg.out_dir))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

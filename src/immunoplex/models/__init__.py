@@ -1,0 +1,26 @@
+"""Models: tile encoders, the panel-agnostic marker encoder, MIL aggregators, the expression
+encoder, fusion modules and ``ResponseModel`` (see docs/models.md)."""
+
+from immunoplex.models.aggregators import GatedAttentionMIL, MaxMIL, MeanMIL, TransformerMIL
+from immunoplex.models.encoders import SmallCNN, TorchvisionEncoder, inflate_conv_weight
+from immunoplex.models.expression import ExpressionEncoder, resolve_gene_sets
+from immunoplex.models.fusion import ConcatFusion, CrossAttentionFusion, GatedBilinearFusion
+from immunoplex.models.marker_encoder import MarkerEncoder
+from immunoplex.models.response_model import ResponseModel
+
+__all__ = [
+    "ConcatFusion",
+    "CrossAttentionFusion",
+    "ExpressionEncoder",
+    "GatedAttentionMIL",
+    "GatedBilinearFusion",
+    "MarkerEncoder",
+    "MaxMIL",
+    "MeanMIL",
+    "ResponseModel",
+    "SmallCNN",
+    "TorchvisionEncoder",
+    "TransformerMIL",
+    "inflate_conv_weight",
+    "resolve_gene_sets",
+]

@@ -1,0 +1,904 @@
+"""Inference on new slides: checkpoint + slides (+ expression, clinical) -> predictions, heatmaps.
+
+``predict(cfg)`` is the whole run as a plain function (tests call it; ``immunoplex-predict`` wraps
+it). Everything the model needs to turn a new slide into its inputs comes from the checkpoint:
+panel and aliases (markers matched by name), tiling, intensity percentiles, gene list and
+expression normalisation, clinical statistics, treatments and calibration. Results are written
+per patient (``patients/<id>.json``) and per slide (``slides/<slide_id>/``) atomically, so a
+re-run skips what is finished, then assembled into ``predictions.csv`` / ``predictions.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from immunoplex.calibration import Calibration
+from immunoplex.data.bags import PatientBagDataset, PatientRecord, SlideTiles, collate_bags
+from immunoplex.data.slides import slide_tiles
+from immunoplex.data.transforms import normalise_tiles
+from immunoplex.errors import ConfigError, ExpressionError, ImmunoplexError, ManifestError
+from immunoplex.expression import ExpressionNormalizer, GeneReport, harmonise_genes
+from immunoplex.io.folder import TIFF_SUFFIXES, stem
+from immunoplex.io.panel import Panel
+from immunoplex.tilecache import TileCache, file_fingerprint, slide_fingerprint
+from immunoplex.tiling import TilingParams
+from immunoplex.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (*TIFF_SUFFIXES, ".qptiff", ".btf")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
+RESULT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- small utilities
+def safe_name(name: str) -> str:
+    """A file-system safe version of an id (used for per-slide / per-patient folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "unnamed"
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file next to ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_path(path: Path) -> Path:
+    """A temporary sibling of ``path`` (same suffix) for writers that need a file name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def to_json(obj: Any) -> Any:
+    """numpy/pandas values -> JSON-safe Python values (NaN -> None)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    name = str(device or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device {name!r} is not a torch device ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass
+class Predictor:
+    """A loaded checkpoint: the network plus everything needed to prepare its inputs."""
+
+    path: Path
+    model: Any  # ResponseModel
+    meta: dict[str, Any]
+    panel: Panel
+    params: TilingParams
+    required: list[str] | None
+    low_pct: float
+    high_pct: float
+    genes: list[str]
+    expression_norm: ExpressionNormalizer | None
+    clinical_columns: list[str]
+    clinical_stats: dict[str, list[float]]
+    treatments: list[str]
+    calibration: Calibration | None
+    threshold: float
+    label_names: list[str]
+    device: torch.device
+    panel_agnostic: bool
+    fingerprint: str
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: str | torch.device = "auto", required: Any = "auto"
+    ) -> Predictor:
+        """Read a checkpoint (safely) and rebuild its model on ``device``."""
+        path = Path(path)
+        ckpt = load_checkpoint(path)
+        meta = ckpt["immunoplex"]
+        data = meta.get("data") or {}
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        model = model_from_checkpoint(ckpt).to(dev).eval()
+        panel_d = data.get("panel") or {"markers": meta["dims"].get("markers") or []}
+        panel = Panel.from_dict(panel_d)
+        intensity = data.get("intensity") or {}
+        if intensity.get("mode", "slide") != "slide":
+            raise ConfigError(
+                f"{path}: intensity mode {intensity.get('mode')!r} is not supported by predict"
+            )
+        norm_d = data.get("expression_norm")
+        encoder = getattr(model, "encoder", None)
+        agnostic = type(encoder).__name__ == "MarkerEncoder"
+        calib_d = meta.get("calibration")
+        pred = cls(
+            path=path,
+            model=model,
+            meta=meta,
+            panel=panel,
+            params=TilingParams.from_dict(dict(data.get("tiling") or {})),
+            required=None,
+            low_pct=float(intensity.get("low_pct", 1.0)),
+            high_pct=float(intensity.get("high_pct", 99.5)),
+            genes=list(data.get("genes") or meta["dims"].get("gene_names") or []),
+            expression_norm=ExpressionNormalizer.from_dict(norm_d) if norm_d else None,
+            clinical_columns=list(data.get("clinical_columns") or []),
+            clinical_stats={k: list(v) for k, v in (data.get("clinical_stats") or {}).items()},
+            treatments=list(data.get("treatments") or meta["dims"].get("treatments") or []),
+            calibration=Calibration.from_dict(calib_d) if calib_d else None,
+            threshold=float(meta.get("threshold", 0.5)),
+            label_names=list(meta.get("label_names") or ["non-responder", "responder"]),
+            device=dev,
+            panel_agnostic=agnostic,
+            fingerprint=file_fingerprint(path),
+        )
+        pred.required = pred.effective_required(data.get("required_markers"), required)
+        return pred
+
+    def effective_required(self, stored: Sequence[str] | None, override: Any) -> list[str] | None:
+        """Markers a slide must have: override, else the checkpoint's (panel-agnostic: none).
+
+        ``None`` means every panel marker; ``[]`` means degraded mode (any may be missing).
+        """
+        if override not in (None, "auto"):
+            req = [str(m) for m in override]
+            unknown = [m for m in req if self.panel.canonical(m) not in
+                       {self.panel.canonical(p) for p in self.panel.markers}]
+            if unknown:
+                raise ConfigError(f"required_markers {unknown} are not in the model's panel "
+                                  f"{self.panel.markers}")
+            return req
+        if stored is not None:
+            return [str(m) for m in stored]
+        return [] if self.panel_agnostic else None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(getattr(self.model, "modalities", ["image"]))
+
+    @property
+    def n_clinical(self) -> int:
+        return int(self.meta["dims"].get("n_clinical", 0))
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.meta["dims"].get("n_genes", 0))
+
+    @property
+    def markers(self) -> list[str]:
+        return list(self.panel.markers)
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class SlideInput:
+    slide_id: str
+    path: Path
+    mpp: float | None = None
+
+
+@dataclass
+class PatientInput:
+    """One patient's slides and patient-level values as given by the user."""
+
+    patient_id: str
+    slides: list[SlideInput]
+    label: int = -1
+    cohort: str | None = None
+    treatment: str | None = None
+    clinical: dict[str, float] = field(default_factory=dict)
+
+
+def is_folder_slide(folder: Path) -> bool:
+    """A folder whose TIFFs are all single-channel images of one size (one slide per marker)."""
+    import tifffile
+
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES]
+    if len(files) < 2 or any(p.is_dir() for p in folder.iterdir()):
+        return False
+    shapes = set()
+    try:
+        for f in files:
+            with tifffile.TiffFile(f) as tif:
+                s = tif.series[0]
+                shape = tuple(int(v) for v in s.shape)
+                axes = s.axes
+                spatial = tuple(n for n, a in zip(shape, axes, strict=True) if a in "YX")
+                if int(np.prod(shape)) != int(np.prod(spatial)):
+                    return False
+                shapes.add(spatial)
+    except Exception:  # noqa: BLE001 - not a readable TIFF: not a folder slide
+        return False
+    return len(shapes) == 1
+
+
+def _slides_in_folder(folder: Path) -> list[Path]:
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES):
+            out.append(p)
+        elif p.is_dir() and is_folder_slide(p):
+            out.append(p)
+    return out
+
+
+def collect_inputs(
+    input_path: str | Path,
+    clinical_columns: Sequence[str] = (),
+    mpp: float | None = None,
+    kind: str = "auto",
+    cohort: str | None = None,
+) -> list[PatientInput]:
+    """Patients to predict from a slide, a folder of slides, a folder slide or a manifest.
+
+    A manifest groups slides by ``patient_id`` (as in training); otherwise each slide is its own
+    patient named by the slide's file stem. ``mpp`` is the µm/px override for files lacking it
+    (a manifest ``mpp`` column takes precedence per slide).
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise ConfigError(f"{path}: input not found")
+    if kind == "auto":
+        if path.is_file() and path.name.lower().endswith(MANIFEST_SUFFIXES):
+            kind = "manifest"
+        elif path.is_file():
+            kind = "slide"
+        elif is_folder_slide(path):
+            kind = "slide"
+        else:
+            kind = "folder"
+    if kind == "manifest":
+        return _manifest_inputs(path, clinical_columns, mpp, cohort)
+    if kind == "slide":
+        slides = [path]
+    elif kind == "folder":
+        if not path.is_dir():
+            raise ConfigError(f"{path}: input_kind=folder needs a directory")
+        slides = _slides_in_folder(path)
+        if not slides:
+            raise ConfigError(f"{path}: folder contains no slides ({', '.join(SLIDE_SUFFIXES)})")
+    else:
+        raise ConfigError(f"input_kind {kind!r} must be auto, slide, folder or manifest")
+    out: list[PatientInput] = []
+    seen: dict[str, Path] = {}
+    for p in slides:
+        sid = stem(p) if p.is_file() else p.name
+        if sid in seen:
+            raise ManifestError(f"{p}: slide id {sid!r} also used by {seen[sid]}")
+        seen[sid] = p
+        out.append(PatientInput(sid, [SlideInput(sid, p, mpp)], cohort=cohort))
+    return out
+
+
+def _manifest_inputs(
+    path: Path, clinical_columns: Sequence[str], mpp: float | None, cohort: str | None
+) -> list[PatientInput]:
+    from immunoplex.cohort import load_cohort
+
+    header = pd.read_csv(path, nrows=0, sep="\t" if path.suffix.lower() in {".tsv", ".txt"}
+                         else ",").columns if path.suffix.lower() != ".parquet" else \
+        pd.read_parquet(path).columns
+    cols = [c for c in clinical_columns if c in set(header)]
+    coh = load_cohort(path, cols)
+    has_cohort = "cohort" in set(header)
+    patients = coh.patients.set_index("patient_id")
+    out = []
+    for pid, group in coh.slides.groupby("patient_id", sort=False):
+        slides = []
+        for row in group.itertuples():
+            row_mpp = getattr(row, "mpp", None)
+            smpp = mpp if row_mpp is None or pd.isna(row_mpp) else float(row_mpp)
+            slides.append(SlideInput(str(row.slide_id), Path(row.image_path), smpp))
+        prow = patients.loc[pid]
+        treatment = str(prow.get("treatment", "") or "").strip() or None
+        clinical = {c: float(prow[c]) for c in cols if not pd.isna(prow[c])}
+        out.append(
+            PatientInput(
+                patient_id=str(pid),
+                slides=slides,
+                label=int(prow["label"]),
+                cohort=cohort or (str(prow["cohort"]) if has_cohort else None),
+                treatment=treatment,
+                clinical=clinical,
+            )
+        )
+    return out
+
+
+def read_clinical_table(path: str | Path, columns: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``patient_id`` + clinical columns (CSV/TSV) -> {patient: {column: value}} (NaN dropped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"{p}: clinical table not found")
+    sep = "\t" if p.suffix.lower() in {".tsv", ".txt"} else ","
+    df = pd.read_csv(p, sep=sep, dtype={"patient_id": str})
+    if "patient_id" not in df.columns:
+        raise ManifestError(f"{p}: clinical table needs a patient_id column; has {list(df.columns)}")
+    out: dict[str, dict[str, float]] = {}
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        vals: dict[str, float] = {}
+        for c in columns:
+            if c not in df.columns:
+                continue
+            v = getattr(row, c) if c.isidentifier() else row[list(df.columns).index(c)]
+            if pd.isna(v):
+                continue
+            try:
+                vals[c] = float(v)
+            except ValueError:
+                raise ManifestError(f"{p}:{i}: {c} value {v!r} is not a number") from None
+        out[str(row.patient_id)] = vals
+    return out
+
+
+# ----------------------------------------------------------------------------- expression
+@dataclass
+class ExpressionInputs:
+    """Normalised expression per patient plus the gene report of the harmonisation."""
+
+    values: dict[str, np.ndarray]
+    report: GeneReport | None
+    source: str | None
+
+
+def prepare_expression(
+    pred: Predictor,
+    path: str | Path | None,
+    patients: Sequence[PatientInput],
+    allow_missing_genes: bool = False,
+    small_cohort: str | None = None,
+    default_cohort: str = "new_cohort",
+) -> ExpressionInputs:
+    """Harmonise a table to the checkpoint's genes BY NAME and normalise it as in training."""
+    if path is None or "expression" not in pred.modalities:
+        if path is not None:
+            log.warning("%s: the model has no expression branch; expression is not used", path)
+        return ExpressionInputs({}, None, None)
+    from immunoplex.expression import read_expression
+
+    if pred.expression_norm is None or not pred.genes:
+        raise ExpressionError(f"{pred.path}: checkpoint has no expression normalisation/genes")
+    table = read_expression(path)
+    ids = [p.patient_id for p in patients]
+    values = table.values.loc[table.values.index.isin(ids)]
+    if values.empty:
+        raise ExpressionError(
+            f"{path}: no sample id matches a patient to predict (first ids: {ids[:3]})"
+        )
+    norm = pred.expression_norm
+    fills = dict(zip(norm.genes, (norm.fill_mean if norm.fill_mean is not None else []),
+                     strict=False))
+    aligned, report = harmonise_genes(
+        values, pred.genes, allow_missing=allow_missing_genes, fill_values=fills, source=path
+    )
+    if report.missing:
+        log.warning("%s: %s (filled with the training means)", path, report.summary())
+    if small_cohort:
+        norm.small_cohort = small_cohort
+    cohort_of = {p.patient_id: p.cohort or default_cohort for p in patients}
+    cohorts = pd.Series([cohort_of[str(i)] for i in aligned.index], index=aligned.index)
+    matrix = norm.transform(aligned, cohorts)
+    return ExpressionInputs(
+        {str(pid): matrix[i] for i, pid in enumerate(aligned.index)}, report, str(path)
+    )
+
+
+def clinical_vector(pred: Predictor, values: Mapping[str, float]) -> np.ndarray:
+    """[standardised value, observed] per clinical column, as the data module builds them."""
+    vec: list[float] = []
+    for col in pred.clinical_columns:
+        mean, sd = pred.clinical_stats.get(col, [0.0, 1.0])
+        v = values.get(col)
+        observed = v is not None and math.isfinite(float(v))
+        vec += [(float(v) - mean) / (sd or 1.0) if observed else 0.0, float(observed)]
+    return np.asarray(vec, dtype=np.float32)
+
+
+def treatment_index(pred: Predictor, name: str | None) -> tuple[int, str, str]:
+    """(index, name, source) of a treatment in the checkpoint's list."""
+    if not pred.treatments:
+        return 0, name or "unspecified", "model has no treatment input"
+    if name is None or not str(name).strip():
+        default = "unspecified" if "unspecified" in pred.treatments else pred.treatments[0]
+        return pred.treatments.index(default), default, "default"
+    name = str(name).strip()
+    if name not in pred.treatments:
+        raise ConfigError(f"treatment {name!r} is not one of the model's {pred.treatments}")
+    return pred.treatments.index(name), name, "given"
+
+
+# ----------------------------------------------------------------------------- model running
+def embed_bag(
+    model: Any,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
+    chunk: int = 512,
+    occlude: int | None = None,
+) -> torch.Tensor:
+    """Tile embeddings (N, D) of patient 0 of a collated uint16 batch, ``chunk`` tiles at a time.
+
+    ``occlude``: a panel channel index set to zero and masked out (channel occlusion).
+    """
+    n = int(batch["tile_mask"][0].sum())
+    cm = batch["channel_mask"][0].to(device).bool()
+    if occlude is not None:
+        cm = cm.clone()
+        cm[occlude] = False
+    parts = []
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        sub = {
+            "tiles": batch["tiles"][:, a:b].to(device),
+            "tile_low": batch["tile_low"][:, a:b].to(device),
+            "tile_high": batch["tile_high"][:, a:b].to(device),
+        }
+        x = normalise_tiles(sub)[0]  # (M, C, T, T)
+        if occlude is not None:
+            x[:, occlude] = 0.0
+        m = x.shape[0]
+        parts.append(model.embed_tiles(x, cm[None, :].expand(m, -1)))
+    if not parts:
+        dim = int(getattr(model, "tile_embedding_dim", 1))
+        return torch.zeros((0, dim), device=device)
+    return torch.cat(parts)
+
+
+def model_batch(
+    batch: Mapping[str, torch.Tensor], emb: torch.Tensor | None, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The forward batch for one patient, with precomputed tile embeddings (two-stage path)."""
+    out: dict[str, torch.Tensor] = {
+        k: batch[k].to(device)
+        for k in ("expression", "has_expression", "clinical", "treatment", "channel_mask")
+    }
+    if emb is not None and emb.shape[0] > 0:
+        out["embeddings"] = emb[None]
+        out["tile_mask"] = torch.ones((1, emb.shape[0]), dtype=torch.bool, device=device)
+        out["has_image"] = torch.ones(1, dtype=torch.bool, device=device)
+    else:
+        dim = 1 if emb is None else emb.shape[1]
+        out["embeddings"] = torch.zeros((1, 1, dim), device=device)
+        out["tile_mask"] = torch.zeros((1, 1), dtype=torch.bool, device=device)
+        out["has_image"] = torch.zeros(1, dtype=torch.bool, device=device)
+    return out
+
+
+@torch.no_grad()
+def tile_scores(model: Any, mb: Mapping[str, torch.Tensor], chunk: int = 2048) -> np.ndarray:
+    """Per tile: the response logit when the patient's bag holds only that tile."""
+    if not bool(mb["has_image"][0]):
+        return np.zeros(0, np.float32)
+    emb = mb["embeddings"][0]
+    out = []
+    for a in range(0, emb.shape[0], chunk):
+        e = emb[a : a + chunk]
+        m = e.shape[0]
+        single = {k: v.expand(m, *v.shape[1:]) for k, v in mb.items()
+                  if k not in ("embeddings", "tile_mask")}
+        single["embeddings"] = e[:, None, :]
+        single["tile_mask"] = torch.ones((m, 1), dtype=torch.bool, device=e.device)
+        out.append(model(single)["logit"].float().cpu())
+    return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class PredictOptions:
+    """Plain values of ``configs/predict.yaml``."""
+
+    ckpt: str
+    input: str
+    out_dir: str
+    expression: str | None = None
+    clinical: str | None = None
+    treatment: str | None = None
+    cohort: str | None = None
+    mpp: float | None = None
+    device: str = "auto"
+    heatmaps: bool = True
+    markers_for_composite: list[str] = field(default_factory=lambda: ["DAPI", "PanCK", "CD8"])
+    top_k: int = 16
+    explain: bool = False
+    ig_steps: int = 32
+    top_genes: int = 20
+    allow_missing_genes: bool = False
+    small_cohort: str | None = None
+    required_markers: Any = "auto"
+    input_kind: str = "auto"
+    cache_dir: str | None = None
+    on_bad_slide: str = "error"
+    chunk_size: int = 512
+    counterfactual: bool = True
+    heatmap_max_side: int = 16384
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PredictOptions:
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        assert isinstance(d, dict)
+        d = {k: v for k, v in d.items() if k != "hydra"}
+        for key in ("ckpt", "input", "out_dir"):
+            if d.get(key) in (None, "", "???"):
+                raise ConfigError(f"predict: {key}=PATH is required")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"predict: unknown option(s) {unknown}")
+        if d.get("on_bad_slide", "error") not in ("error", "skip"):
+            raise ConfigError("predict: on_bad_slide must be 'error' or 'skip'")
+        if d.get("mpp") is not None and not float(d["mpp"]) > 0:
+            raise ConfigError(f"predict: mpp must be > 0, got {d['mpp']}")
+        return cls(**d)
+
+    def key_fields(self) -> dict[str, Any]:
+        """Options that change a patient's result (part of the resume key)."""
+        return {
+            "treatment": self.treatment, "mpp": self.mpp, "heatmaps": self.heatmaps,
+            "markers_for_composite": list(self.markers_for_composite), "top_k": self.top_k,
+            "explain": self.explain, "ig_steps": self.ig_steps,
+            "allow_missing_genes": self.allow_missing_genes,
+            "required_markers": self.required_markers, "counterfactual": self.counterfactual,
+            "version": RESULT_VERSION,
+        }
+
+
+# ----------------------------------------------------------------------------- one patient
+@dataclass
+class PatientContext:
+    """What is shared by every patient of a run."""
+
+    pred: Predictor
+    opts: PredictOptions
+    out_dir: Path
+    cache: TileCache
+    expression: ExpressionInputs
+    clinical_table: dict[str, dict[str, float]]
+
+
+def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, dict[str, Any]]:
+    """Tile (or load from cache) one slide in the model's panel; its info for the output."""
+    pred = ctx.pred
+    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp,
+                                 required=pred.required)
+    missing = [m for m, ok in zip(ts.channels, ts.present, strict=True) if not ok]
+    info = {
+        "slide_id": s.slide_id,
+        "path": str(s.path),
+        "n_tiles": int(len(ts.coords)),
+        "slide_channels": list(ts.slide_channels),
+        "markers_used": [m for m, ok in zip(ts.channels, ts.present, strict=True) if ok],
+        "markers_missing": missing,
+        "mpp_override": s.mpp,
+    }
+    if missing:
+        log.warning("%s: degraded mode, markers missing %s (zero-filled and masked)",
+                    s.slide_id, missing)
+    if len(ts.coords) == 0:
+        log.warning("%s: no tissue tiles; the slide contributes no image input", s.slide_id)
+        return None, info
+    return slide_tiles(ts, s.slide_id, pred.low_pct, pred.high_pct), info
+
+
+def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
+    """Predict one patient; write its per-slide files; return its result record."""
+    pred, opts = ctx.pred, ctx.opts
+    model, dev = pred.model, pred.device
+    slides: list[SlideTiles] = []
+    infos: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for s in p.slides:
+        try:
+            st, info = _load_slide(ctx, s)
+        except ImmunoplexError as err:
+            if opts.on_bad_slide != "skip":
+                raise
+            errors.append(str(err))
+            log.warning("skipping slide: %s", err)
+            continue
+        infos.append(info)
+        if st is not None:
+            slides.append(st)
+    t_idx, t_name, t_src = treatment_index(pred, opts.treatment or p.treatment)
+    clin = dict(p.clinical)
+    clin.update(ctx.clinical_table.get(p.patient_id, {}))
+    expr = ctx.expression.values.get(p.patient_id)
+    rec = PatientRecord(
+        patient_id=p.patient_id, label=p.label, treatment=t_idx, cohort=p.cohort or "",
+        clinical=clinical_vector(pred, clin), expression=expr, slides=slides,
+    )
+    if rec.n_tiles == 0 and (expr is None or "expression" not in pred.modalities):
+        raise ImmunoplexError(
+            f"patient {p.patient_id}: no usable input (no tissue tiles"
+            + (f"; {errors[0]}" if errors else "") + ", no expression)"
+        )
+    ds = PatientBagDataset([rec], len(pred.markers), pred.n_genes, bag_size=None)
+    batch = collate_bags([ds[0]])
+    uses_image = "image" in pred.modalities
+    with torch.no_grad():
+        emb = embed_bag(model, batch, dev, opts.chunk_size) if uses_image and slides else None
+        mb = model_batch(batch, emb, dev)
+        out = model(mb)
+        logit = float(out["logit"][0])
+        attn = out.get("attention")
+        attention = (attn[0, : rec.n_tiles].float().cpu().numpy() if attn is not None and slides
+                     else np.zeros(0, np.float32))
+        cf = None
+        if opts.counterfactual and len(pred.treatments) > 1:
+            cf = model.counterfactual_logits(mb)[0].float().cpu().numpy()
+        scores = tile_scores(model, mb) if slides else np.zeros(0, np.float32)
+    explanation = None
+    if opts.explain:
+        from immunoplex.explain import explain_patient
+
+        explanation = explain_patient(pred, batch, mb, logit, steps=opts.ig_steps,
+                                      chunk=opts.chunk_size, top_genes=opts.top_genes)
+    prob = 1.0 / (1.0 + math.exp(-logit))
+    row = _result_row(pred, p, rec, infos, logit, prob, cf, t_name, t_src, errors,
+                      ctx.expression.report)
+    slide_files = _write_slide_results(ctx, p, slides, infos, attention, scores, prob)
+    return {"row": row, "slides": slide_files, "explanation": explanation}
+
+
+def _result_row(
+    pred: Predictor, p: PatientInput, rec: PatientRecord, infos: list[dict[str, Any]],
+    logit: float, prob: float, cf: np.ndarray | None, t_name: str, t_src: str, errors: list[str],
+    report: GeneReport | None,
+) -> dict[str, Any]:
+    used_sets = [set(i["markers_used"]) for i in infos if i["n_tiles"] > 0]
+    used = [m for m in pred.markers if used_sets and all(m in u for u in used_sets)]
+    missing = [m for m in pred.markers if used_sets and m not in used]
+    mods = []
+    if "image" in pred.modalities and rec.n_tiles > 0:
+        mods.append("image")
+    if "expression" in pred.modalities and rec.expression is not None:
+        mods.append("expression")
+    if pred.n_clinical and rec.clinical[1::2].any():
+        mods.append("clinical")
+    report = report if rec.expression is not None else None
+    row: dict[str, Any] = {
+        "patient_id": p.patient_id,
+        "slide_ids": [i["slide_id"] for i in infos],
+        "label": p.label if p.label >= 0 else None,
+        "cohort": p.cohort,
+        "n_tiles": rec.n_tiles,
+        "logit": logit,
+        "probability": prob,
+        "treatment": t_name,
+        "treatment_source": t_src,
+        "modalities": mods,
+        "markers_used": used,
+        "markers_missing": missing,
+        "degraded": bool(missing),
+        "genes_missing": len(report.missing) if report is not None else None,
+        "genes_filled": bool(report.filled) if report is not None else None,
+        "skipped_slides": errors,
+    }
+    if cf is not None:
+        for name, v in zip(pred.treatments, cf, strict=True):
+            row[f"counterfactual_probability[{name}]"] = float(1.0 / (1.0 + math.exp(-v)))
+    return row
+
+
+def _write_slide_results(
+    ctx: PatientContext, p: PatientInput, slides: list[SlideTiles], infos: list[dict[str, Any]],
+    attention: np.ndarray, scores: np.ndarray, prob: float,
+) -> list[dict[str, Any]]:
+    """Per slide: tiles.csv (level-0 boxes, attention, score), heatmaps, slide.json."""
+    from immunoplex.heatmaps import SlideHeat, write_slide_heatmaps
+
+    pred, opts = ctx.pred, ctx.opts
+    by_id = {s.slide_id: s for s in slides}
+    n_total = max(int(sum(s.n_tiles for s in slides)), 1)
+    offset = 0
+    results = []
+    for info in infos:
+        sid = info["slide_id"]
+        d = ctx.out_dir / "slides" / safe_name(sid)
+        d.mkdir(parents=True, exist_ok=True)
+        st = by_id.get(sid)
+        files: dict[str, str] = {}
+        if st is not None:
+            n = st.n_tiles
+            a = attention[offset : offset + n] if len(attention) else np.full(n, np.nan)
+            sc = scores[offset : offset + n] if len(scores) else np.full(n, np.nan)
+            offset += n
+            src = next(s for s in p.slides if s.slide_id == sid)
+            heat = SlideHeat(
+                slide_id=sid, path=src.path, mpp_override=src.mpp, coords=st.coords,
+                tile_size=pred.params.tile_size, tiling_mpp=pred.params.mpp,
+                attention=a.astype(np.float64), score=sc.astype(np.float64),
+                n_patient_tiles=n_total, patient_id=p.patient_id, probability=prob,
+                aliases=dict(pred.panel.aliases or {}),
+            )
+            files = write_slide_heatmaps(
+                heat, d, markers=opts.markers_for_composite, top_k=opts.top_k,
+                images=opts.heatmaps, max_side=opts.heatmap_max_side,
+            )
+        record = {**info, "patient_id": p.patient_id, "files": files}
+        atomic_write_text(d / "slide.json", json.dumps(to_json(record), indent=1))
+        results.append(record)
+    return results
+
+
+# ----------------------------------------------------------------------------- the run
+def patient_key(ctx: PatientContext, p: PatientInput) -> str:
+    """Hash of everything a patient's result depends on (checkpoint, slides, inputs, options)."""
+    h = hashlib.sha1()
+    spec = {
+        "ckpt": ctx.pred.fingerprint,
+        "opts": ctx.opts.key_fields(),
+        "slides": [(s.slide_id, slide_fingerprint(s.path), s.mpp) for s in p.slides],
+        "cohort": p.cohort, "treatment": p.treatment, "label": p.label,
+        "clinical": sorted({**p.clinical, **ctx.clinical_table.get(p.patient_id, {})}.items()),
+    }
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    expr = ctx.expression.values.get(p.patient_id)
+    h.update(b"none" if expr is None else np.ascontiguousarray(expr, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _finished(ctx: PatientContext, p: PatientInput, key: str) -> dict[str, Any] | None:
+    path = ctx.out_dir / "patients" / f"{safe_name(p.patient_id)}.json"
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("key") != key:
+        return None
+    for s in done.get("slides", []):
+        d = ctx.out_dir / "slides" / safe_name(s["slide_id"])
+        if not (d / "slide.json").is_file():
+            return None
+        if any(not (d / f).is_file() for f in s.get("files", {}).values()):
+            return None
+    return done
+
+
+def _calibrate(pred: Predictor, df: pd.DataFrame) -> pd.DataFrame:
+    """Calibrated probability, class and conformal set from the checkpoint's calibration."""
+    logits = df["logit"].to_numpy(dtype=float)
+    names = pred.label_names
+    if pred.calibration is not None:
+        df["calibrated_probability"] = pred.calibration.probabilities(logits)
+        if pred.calibration.conformal is not None:
+            df["prediction_set"] = pred.calibration.predict_sets(logits)
+        else:
+            df["prediction_set"] = None
+        col = "calibrated_probability"
+    else:
+        df["calibrated_probability"] = np.nan
+        df["prediction_set"] = None
+        col = "probability"
+    df["predicted_class"] = np.where(df[col] >= pred.threshold, names[1], names[0])
+    return df
+
+
+COLUMN_ORDER = [
+    "patient_id", "slide_ids", "label", "cohort", "treatment", "probability",
+    "calibrated_probability", "predicted_class", "prediction_set", "logit", "modalities",
+    "markers_used", "markers_missing", "degraded", "genes_missing", "genes_filled", "n_tiles",
+    "treatment_source", "skipped_slides",
+]
+
+
+def write_predictions(out_dir: Path, df: pd.DataFrame, header: dict[str, Any]) -> None:
+    """predictions.csv (lists joined by ';') and predictions.json, both atomically."""
+    records = [to_json(r) for r in df.to_dict(orient="records")]
+    flat = df.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, list)).any():
+            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if isinstance(v, list)
+                                      else v)
+    tmp = atomic_path(out_dir / "predictions.csv")
+    flat.to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "predictions.csv")
+    payload = {**to_json(header), "patients": records}
+    atomic_write_text(out_dir / "predictions.json", json.dumps(payload, indent=1))
+
+
+def predict(cfg: Any) -> pd.DataFrame:
+    """Run inference as configured by ``configs/predict.yaml``; returns one row per patient."""
+    opts = cfg if isinstance(cfg, PredictOptions) else PredictOptions.from_config(cfg)
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred = Predictor.load(opts.ckpt, opts.device, opts.required_markers)
+    patients = collect_inputs(opts.input, pred.clinical_columns, opts.mpp, opts.input_kind,
+                              opts.cohort)
+    dup = pd.Series([p.patient_id for p in patients]).duplicated()
+    if dup.any():
+        raise ManifestError(f"{opts.input}: patient id {patients[int(dup.idxmax())].patient_id!r} "
+                            "appears twice")
+    expression = prepare_expression(pred, opts.expression, patients, opts.allow_missing_genes,
+                                    opts.small_cohort)
+    clinical = read_clinical_table(opts.clinical, pred.clinical_columns) if opts.clinical else {}
+    if opts.treatment is not None:
+        treatment_index(pred, opts.treatment)  # fail early on an unknown name
+    cache = TileCache(opts.cache_dir or out_dir / "cache")
+    ctx = PatientContext(pred, opts, out_dir, cache, expression, clinical)
+    log.info("predicting %d patient(s) with %s on %s", len(patients), pred.path, pred.device)
+    from tqdm.auto import tqdm
+
+    results = []
+    n_skipped = 0
+    for p in tqdm(patients, desc="immunoplex-predict", unit="patient", disable=not opts.progress):
+        key = patient_key(ctx, p)
+        done = _finished(ctx, p, key)
+        if done is None:
+            done = {"key": key, **predict_patient(ctx, p)}
+            path = out_dir / "patients" / f"{safe_name(p.patient_id)}.json"
+            atomic_write_text(path, json.dumps(to_json(done), indent=1))
+        else:
+            n_skipped += 1
+        results.append(done)
+    if n_skipped:
+        log.info("%d patient(s) already finished in %s were not recomputed", n_skipped, out_dir)
+    df = pd.DataFrame([r["row"] for r in results])
+    df = _calibrate(pred, df)
+    cols = [c for c in COLUMN_ORDER if c in df.columns]
+    df = df[cols + [c for c in df.columns if c not in cols]]
+    header = {
+        "checkpoint": str(pred.path),
+        "model": pred.meta.get("model", {}).get("name"),
+        "markers": pred.markers,
+        "required_markers": pred.required,
+        "genes": len(pred.genes),
+        "gene_report": expression.report.to_dict() if expression.report else None,
+        "treatments": pred.treatments,
+        "threshold": pred.threshold,
+        "calibrated": pred.calibration is not None,
+        "device": str(pred.device),
+        "n_recomputed": len(results) - n_skipped,
+    }
+    write_predictions(out_dir, df, header)
+    if opts.explain:
+        from immunoplex.explain import write_explanations
+
+        write_explanations(out_dir, {r["row"]["patient_id"]: r.get("explanation")
+                                     for r in results}, pred, top_genes=opts.top_genes)
+    return df

@@ -1,0 +1,262 @@
+"""Assemble a synthetic cohort: patients, splits, slides (in parallel), tables, summary."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from immunoplex.synth import atomic
+from immunoplex.synth.expression import simulate_expression
+from immunoplex.synth.metrics import auroc
+from immunoplex.synth.settings import resolve_settings
+from immunoplex.synth.slide import SlideJob, generate_slide
+from immunoplex.synth.truth import oracle_aurocs, sample_truth
+
+MANIFEST_COLUMNS = [
+    "slide_id", "patient_id", "image", "label", "cohort", "treatment", "sclever1", "split",
+]  # fmt: skip
+
+#: Latents handed to the slide renderer (per patient).
+_SLIDE_LATENTS = (
+    "phenotype", "cd8_density", "cd8_intratumoural_fraction", "macrophage_density",
+    "clever1_fraction", "neutrophil_density", "tumour_burden", "vessel_z",
+)  # fmt: skip
+
+_COHORT_STREAM, _TRUTH_STREAM, _EXPRESSION_STREAM = 0, 1, 3
+_POPULATION_N, _POPULATION_SEED = 20_000, 99
+
+
+@dataclass
+class CohortSummary:
+    """What was generated and how much signal the truth carries."""
+
+    out_dir: str
+    size: str
+    seed: int
+    n_patients: int
+    n_slides: int
+    n_labelled: int
+    n_responders: int
+    n_test: int
+    n_with_expression: int
+    n_rendered: int
+    n_reused: int
+    seconds: float
+    #: AUROC on the test split (sampled labels) of the Bayes-optimal predictor (true p) and of the
+    #: best image-only / expression-only predictors (each also sees arm and sClever-1).
+    auroc_bayes_test: float
+    auroc_image_only_test: float
+    auroc_expression_only_test: float
+    #: The same three, expected over the population (no label or sampling noise).
+    auroc_bayes_population: float
+    auroc_image_only_population: float
+    auroc_expression_only_population: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        d = self.to_dict()
+        lines = [f"synthetic cohort written to {self.out_dir} (size={self.size}, seed={self.seed})"]
+        lines += [f"  {k:34s} {v:.3f}" if isinstance(v, float) else f"  {k:34s} {v}"
+                  for k, v in d.items() if k not in ("out_dir", "size", "seed")]  # fmt: skip
+        return "\n".join(lines)
+
+
+def _assign_patients(truth: pd.DataFrame, settings: dict[str, Any], rng: np.random.Generator):
+    """Site, slides per patient, labelled/unlabelled, missing expression and the split."""
+    c = settings["cohort"]
+    n = len(truth)
+    sites = list(c["sites"])
+    sp = np.array([c["sites"][s] for s in sites], float)
+    site = np.asarray(sites, dtype=object)[rng.choice(len(sites), n, p=sp / sp.sum())]
+
+    def pick(frac: float, pool: np.ndarray) -> np.ndarray:
+        k = min(len(pool), round(frac * n))
+        return rng.permutation(pool)[:k]
+
+    everyone = np.arange(n)
+    n_slides = np.ones(n, int)
+    n_slides[pick(c["frac_two_slides"], everyone)] = 2
+    unlabelled = np.zeros(n, bool)
+    unlabelled[pick(c["frac_unlabelled"], everyone)] = True
+    no_expr = np.zeros(n, bool)
+    no_expr[pick(c["frac_missing_expression"], everyone)] = True
+    split = np.full(n, "train", dtype=object)
+    y = truth["label_true"].to_numpy()
+    for cls in (0, 1):
+        pool = np.flatnonzero(~unlabelled & (y == cls))
+        k = round(c["frac_test"] * len(pool))
+        split[rng.permutation(pool)[:k]] = "test"
+    return site, n_slides, unlabelled, no_expr, split
+
+
+def _run_jobs(jobs: list[SlideJob], workers: int, progress: bool) -> list[dict[str, Any]]:
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc="immunoplex-synth", unit="slide", disable=not progress)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for k, job in enumerate(jobs):
+                results[k] = generate_slide(job)
+                bar.update()
+        else:
+            # spawn: workers start clean (no inherited threads or locks from the parent).
+            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+            try:
+                futures = {ex.submit(generate_slide, job): k for k, job in enumerate(jobs)}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update()
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+_OWN_FILE = re.compile(r"^\.?(?P<id>S\d{4,})\.(ome\.tif|npy|json)(\.\d+\.tmp)?$")
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Delete leftovers: temporary files of interrupted runs and slides of an earlier, larger run.
+
+    Only names this generator writes (``S0001.ome.tif``, ``S0001.npy``, ``S0001.json``) are
+    touched.
+    """
+    for sub in ("slides", "signal"):
+        for p in (out / sub).iterdir():
+            m = _OWN_FILE.match(p.name)
+            if m and (p.name.endswith(".tmp") or m.group("id") not in keep):
+                p.unlink(missing_ok=True)
+
+
+def generate_cohort(
+    out_dir: str | os.PathLike[str],
+    size: str = "default",
+    seed: int = 0,
+    workers: int | None = None,
+    *,
+    config: DictConfig | dict[str, Any] | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> CohortSummary:
+    """Generate (or complete) a synthetic cohort in ``out_dir``; deterministic given the seed.
+
+    ``overrides`` are settings keys (dotted or nested), e.g. ``n_patients=40`` or
+    ``**{"truth.effects.intercept": -1.0}``. Slides whose files are complete and match the
+    current settings are reused, so an interrupted run can simply be re-run.
+    """
+    t0 = time.perf_counter()
+    settings = resolve_settings(size, config, overrides)
+    seed = int(seed)
+    out = Path(out_dir)
+    for sub in ("", "slides", "signal"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    workers = int(workers) if workers else (os.cpu_count() or 1)
+
+    n = int(settings["n_patients"])
+    arms = dict(settings["cohort"]["treatments"])
+    truth = sample_truth(
+        n, seed, settings["truth"], arms,
+        rng=np.random.default_rng(np.random.SeedSequence([seed, _TRUTH_STREAM])),
+    )  # fmt: skip
+    truth.index = pd.Index([f"P{i + 1:04d}" for i in range(n)], name="patient_id")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _COHORT_STREAM]))
+    site, n_slides, unlabelled, no_expr, split = _assign_patients(truth, settings, rng)
+    truth["site"], truth["n_slides"], truth["split"] = site, n_slides, split
+    truth["labelled"], truth["has_expression"] = ~unlabelled, ~no_expr
+
+    jobs: list[SlideJob] = []
+    for pid, row in truth.iterrows():
+        latents = {k: (row[k] if k == "phenotype" else float(row[k])) for k in _SLIDE_LATENTS}
+        for _ in range(int(row["n_slides"])):
+            jobs.append(
+                SlideJob(
+                    index=len(jobs),
+                    slide_id=f"S{len(jobs) + 1:04d}",
+                    patient_id=str(pid),
+                    seed=seed,
+                    patient=latents,
+                    site=str(row["site"]),
+                    site_gain=tuple(float(g) for g in settings["sites"][row["site"]]),
+                    out_dir=str(out.resolve()),
+                    settings=settings,
+                )
+            )
+    _remove_stale(out, {j.slide_id for j in jobs})
+    stats = _run_jobs(jobs, min(workers, max(len(jobs), 1)), progress)
+
+    slides = pd.DataFrame(stats)
+    slides["gains"] = slides["gains"].map(lambda g: ";".join(f"{x:.4f}" for x in g))
+    slide_cols = [c for c in slides.columns if c not in ("reused", "fingerprint")]
+    atomic.write_csv(out / "truth_slides.csv", slides[slide_cols])
+
+    expr = simulate_expression(
+        truth, truth["site"], settings["expression"],
+        np.random.default_rng(np.random.SeedSequence([seed, _EXPRESSION_STREAM])),
+    )  # fmt: skip
+    expr = expr[truth["has_expression"].to_numpy()]
+    atomic.write_csv(out / "expression.csv", expr, float_format="%.4f")
+
+    label = truth["label_true"].astype("Int64").mask(~truth["labelled"])
+    truth_out = truth.reset_index()
+    truth_out.insert(1, "label", label.array)
+    atomic.write_csv(out / "truth.csv", truth_out, float_format="%.6g")
+
+    manifest = pd.DataFrame(
+        {
+            "slide_id": slides["slide_id"],
+            "patient_id": slides["patient_id"],
+            "image": slides["image"],
+            "label": label.reindex(slides["patient_id"]).array,
+            "cohort": truth.loc[slides["patient_id"], "site"].to_numpy(),
+            "treatment": truth.loc[slides["patient_id"], "treatment"].to_numpy(),
+            "sclever1": truth.loc[slides["patient_id"], "sclever1"].round(4).to_numpy(),
+            "split": truth.loc[slides["patient_id"], "split"].to_numpy(),
+        }
+    )[MANIFEST_COLUMNS]
+    atomic.write_csv(out / "manifest.csv", manifest)
+
+    test = truth[truth["split"] == "test"]
+    y = test["label_true"].to_numpy()
+    pop = sample_truth(_POPULATION_N, _POPULATION_SEED, settings["truth"], arms)
+    pop_auc = oracle_aurocs(pop)
+    labelled = truth[truth["labelled"]]
+    summary = CohortSummary(
+        out_dir=str(out),
+        size=size,
+        seed=seed,
+        n_patients=n,
+        n_slides=len(jobs),
+        n_labelled=len(labelled),
+        n_responders=int(labelled["label_true"].sum()),
+        n_test=len(test),
+        n_with_expression=int(truth["has_expression"].sum()),
+        n_rendered=int((~slides["reused"]).sum()),
+        n_reused=int(slides["reused"].sum()),
+        seconds=0.0,
+        auroc_bayes_test=auroc(y, test["p_response"].to_numpy()),
+        auroc_image_only_test=auroc(y, test["p_image_only"].to_numpy()),
+        auroc_expression_only_test=auroc(y, test["p_expression_only"].to_numpy()),
+        auroc_bayes_population=pop_auc["bayes"],
+        auroc_image_only_population=pop_auc["image_only"],
+        auroc_expression_only_population=pop_auc["expression_only"],
+    )
+    summary.seconds = round(time.perf_counter() - t0, 2)
+    payload = {"summary": summary.to_dict(), "settings": settings}
+    atomic.write_text(out / "synth_summary.json", json.dumps(payload, indent=1, default=str))
+    return summary
