@@ -53,15 +53,21 @@ def build_encoder(
     """
     cfg = dict(model_cfg)
     cfg["modalities"] = ["image"]
-    dims = {"n_channels": len(markers), "markers": list(markers), "n_genes": 0,
-            "gene_names": [], "n_clinical": 0, "treatments": []}
+    dims = {
+        "n_channels": len(markers),
+        "markers": list(markers),
+        "n_genes": 0,
+        "gene_names": [],
+        "n_clinical": 0,
+        "treatments": [],
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(cfg, dims)
     if encoder_checkpoint:
         ckpt = load_checkpoint(encoder_checkpoint)
         prefix = "model.encoder."
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if not state:
             raise CheckpointError(f"{encoder_checkpoint}: checkpoint has no image encoder weights")
         try:
@@ -84,8 +90,12 @@ class EmbeddingCache:
     root: Path
 
     def key(self, tile_key: str, encoder_fp: str, low_pct: float, high_pct: float) -> str:
-        spec = {"v": EMBED_VERSION, "tiles": tile_key, "encoder": encoder_fp,
-                "intensity": [low_pct, high_pct]}
+        spec = {
+            "v": EMBED_VERSION,
+            "tiles": tile_key,
+            "encoder": encoder_fp,
+            "intensity": [low_pct, high_pct],
+        }
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
     def path(self, key: str) -> Path:
@@ -100,8 +110,10 @@ class EmbeddingCache:
     def save(self, key: str, emb: np.ndarray, provenance: Mapping[str, Any]) -> None:
         root = Path(self.root)
         root.mkdir(parents=True, exist_ok=True)
-        for suffix, writer in ((".npy", lambda f: np.save(f, emb)),
-                               (".json", lambda f: f.write(json.dumps(provenance).encode()))):
+        for suffix, writer in (
+            (".npy", lambda f: np.save(f, emb)),
+            (".json", lambda f: f.write(json.dumps(provenance).encode())),
+        ):
             fd, tmp = tempfile.mkstemp(prefix=f".{key}", suffix=".tmp", dir=root)
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -130,17 +142,20 @@ def embed_slide(
     cmask = torch.from_numpy(st.present).to(device)
     dev_type = torch.device(device).type
     for start in range(0, n, batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(st.tiles[start:start + batch_size]))
+        chunk = torch.from_numpy(np.array(st.tiles[start : start + batch_size]))
         if dev_type == "cuda":
             chunk = chunk.pin_memory()
         chunk = chunk.to(device, non_blocking=True)
         m = chunk.shape[0]
-        batch = {"tiles": chunk[None], "tile_low": low.expand(1, m, -1),
-                 "tile_high": high.expand(1, m, -1)}
+        batch = {
+            "tiles": chunk[None],
+            "tile_low": low.expand(1, m, -1),
+            "tile_high": high.expand(1, m, -1),
+        }
         x = normalise_tiles(batch)[0]
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast):
             h = model.embed_tiles(x, cmask.expand(m, -1))
-        out[start:start + m] = h.float().cpu().numpy()
+        out[start : start + m] = h.float().cpu().numpy()
     return out
 
 
@@ -171,8 +186,16 @@ def embed_slides(
         emb = cache.load(key)
         if emb is None:
             emb = embed_slide(model, st, device, batch_size, autocast)
-            cache.save(key, emb, {"slide_id": st.slide_id, "tile_key": tile_key,
-                                  "encoder": fp, "n_tiles": st.n_tiles})
+            cache.save(
+                key,
+                emb,
+                {
+                    "slide_id": st.slide_id,
+                    "tile_key": tile_key,
+                    "encoder": fp,
+                    "n_tiles": st.n_tiles,
+                },
+            )
             emb = cache.load(key)
             computed += 1
         else:

@@ -299,15 +299,19 @@ def render_heatmap_png(
     sc_r = tile_raster(heat, geo, heat.score)
     r_ext = (0, geo.tiling_shape[1] * geo.tiling_mpp, geo.tiling_shape[0] * geo.tiling_mpp, 0)
     att_max = float(np.nanpercentile(rel, 99)) if len(rel) and np.isfinite(rel).any() else 1.0
-    att_norm = mcolors.Normalize(0.0, max(att_max, 1e-6))
+    att_norm = mcolors.Normalize(0.0, max(att_max, 2.0))  # uniform attention (1) mid-scale
     fin = heat.score[np.isfinite(heat.score)]
     lim = float(np.percentile(np.abs(fin), 98)) if len(fin) else 1.0
     sc_norm = mcolors.TwoSlopeNorm(0.0, -max(lim, 1e-3), max(lim, 1e-3))
     aspect = ext_h / ext_w
     panel_w = 4.6
-    fig, axes = plt.subplots(1, 3, figsize=(3 * panel_w, panel_w * aspect + 1.9), dpi=110)
+    fig = plt.figure(figsize=(3 * panel_w, panel_w * aspect + 1.6), dpi=110)
     fig.patch.set_facecolor("black")
-    dim = rgb * 0.45
+    grid = fig.add_gridspec(2, 3, height_ratios=[panel_w * aspect, 0.55], hspace=0.28,
+                            wspace=0.12, left=0.04, right=0.98, top=0.9, bottom=0.03)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    bottom = [fig.add_subplot(grid[1, i]) for i in range(3)]
+    dim = rgb * 0.5
     att_cmap, sc_cmap = plt.get_cmap("inferno"), plt.get_cmap("RdBu_r")
     for ax in axes:
         ax.set_facecolor("black")
@@ -315,27 +319,32 @@ def render_heatmap_png(
         ax.set_xlim(0, ext_w)
         ax.set_ylim(ext_h, 0)
         ax.tick_params(colors="0.75", labelsize=7)
-        ax.set_xlabel("µm", color="0.75", fontsize=8)
+        ax.set_xlabel("µm", color="0.75", fontsize=8, labelpad=1)
     for ax, ras, cmap, norm in ((axes[1], att_r, att_cmap, att_norm),
                                 (axes[2], sc_r, sc_cmap, sc_norm)):
         rgba = cmap(norm(np.nan_to_num(ras, nan=0.0)))
-        rgba[..., 3] = np.where(np.isfinite(ras), 0.82, 0.0)
+        rgba[..., 3] = np.where(np.isfinite(ras), 0.75, 0.0)
         ax.imshow(rgba, extent=r_ext, interpolation="nearest")
     axes[0].set_title("markers", color="white", fontsize=10)
-    axes[1].set_title("attention (x uniform)", color="white", fontsize=10)
-    axes[2].set_title("tile score (logit)", color="white", fontsize=10)
+    axes[1].set_title("attention", color="white", fontsize=10)
+    axes[2].set_title("tile score", color="white", fontsize=10)
     handles = [Patch(color=c, label=n) for n, c in zip(names, colours, strict=True)]
     handles += [Patch(facecolor="none", edgecolor="0.5", label=f"{m}: not on slide")
                 for m in absent]
-    leg = axes[0].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                         ncol=min(len(handles), 3), fontsize=8, frameon=False,
-                         labelcolor="white", handlelength=1.2)
-    leg.set_title("marker -> colour", prop={"size": 8})
+    bottom[0].axis("off")
+    leg = bottom[0].legend(handles=handles, loc="center", ncol=min(len(handles), 3),
+                           fontsize=8, frameon=False, labelcolor="white", handlelength=1.2,
+                           title="marker -> colour")
     leg.get_title().set_color("white")
-    for ax, cmap, norm, label in ((axes[1], att_cmap, att_norm, "attention / uniform"),
-                                  (axes[2], sc_cmap, sc_norm, "tile logit (<0 against, >0 for)")):
-        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, orientation="horizontal",
-                          fraction=0.05, pad=0.12, aspect=30)
+    leg.get_title().set_fontsize(8)
+    for cax, cmap, norm, label in (
+        (bottom[1], att_cmap, att_norm, "attention / uniform (1 = average tile)"),
+        (bottom[2], sc_cmap, sc_norm, "tile logit (< 0 against response, > 0 for)"),
+    ):
+        pos = cax.get_position()
+        cax.set_position((pos.x0 + 0.1 * pos.width, pos.y0 + 0.55 * pos.height,
+                          0.8 * pos.width, 0.3 * pos.height))
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
         cb.set_label(label, color="white", fontsize=8)
         cb.ax.tick_params(colors="white", labelsize=7)
         cb.outline.set_edgecolor("0.6")
@@ -346,7 +355,6 @@ def render_heatmap_png(
         head += f"  |  p(response) = {heat.probability:.2f}"
     head += f"  |  {len(heat.coords)} tiles of {heat.tile_size * heat.tiling_mpp:g} µm"
     fig.suptitle(head, color="white", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
     from immunoplex.predict import atomic_path
 
     tmp = atomic_path(path)
@@ -394,10 +402,13 @@ def render_top_tiles(
         ax.imshow(compose(img, style["colours"], lo, hi), interpolation="nearest")
         ax.set_title(f"#{r}  attn {rel[i]:.2f}x\nscore {heat.score[i]:+.2f}", color="white",
                      fontsize=8)
-    legend = "  ".join(style["names"])
-    fig.suptitle(f"{heat.slide_id}: top {len(order)} attended tiles ({side_um:g} µm; {legend})",
+    fig.suptitle(f"{heat.slide_id}: top {len(order)} attended tiles ({side_um:g} µm)",
                  color="white", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    x = 0.5 - 0.06 * len(style["names"])
+    for name, col in zip(style["names"], style["colours"], strict=True):
+        fig.text(x, 0.012, f"■ {name}", color=col, fontsize=8, va="bottom")
+        x += 0.12
     from immunoplex.predict import atomic_path
 
     tmp = atomic_path(path)

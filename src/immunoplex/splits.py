@@ -49,7 +49,7 @@ class Split:
             if y.nunique() < 2:
                 raise SplitError(
                     f"split {self.name}: {part} has one class only ({len(y)} labelled patients, "
-                    f"label {sorted(y.unique())}); use fewer folds or another split"
+                    f"label {sorted(int(v) for v in y.unique())}); use fewer folds or another split"
                 )
 
 

@@ -37,17 +37,24 @@ def test_patients_join_slides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("s1,p1,slides/a.tif,1,c,t,1,train\ns1,p2,slides/b.tif,0,c,t,1,train\n",
-         "manifest.csv:3: duplicated slide_id 's1' (rows [2, 3])"),
-        ("s1,p1,slides/a.tif,maybe,c,t,1,train\n",
-         "manifest.csv:2: label 'maybe' is not one of"),
-        ("s1,p1,slides/a.tif,1,c,t,1,train\ns2,p1,slides/b.tif,0,c,t,1,train\n",
-         "manifest.csv:3: patient 'p1' has conflicting label values [1, 0]"),
+        (
+            "s1,p1,slides/a.tif,1,c,t,1,train\ns1,p2,slides/b.tif,0,c,t,1,train\n",
+            "manifest.csv:3: duplicated slide_id 's1' (rows [2, 3])",
+        ),
+        ("s1,p1,slides/a.tif,maybe,c,t,1,train\n", "manifest.csv:2: label 'maybe' is not one of"),
+        (
+            "s1,p1,slides/a.tif,1,c,t,1,train\ns2,p1,slides/b.tif,0,c,t,1,train\n",
+            "manifest.csv:3: patient 'p1' has conflicting label values [1, 0]",
+        ),
         ("s1,p1,slides/zz.tif,1,c,t,1,train\n", "manifest.csv:2: image 'slides/zz.tif' not found"),
-        ("s1,p1,slides/a.tif,1,c,t,abc,train\n",
-         "manifest.csv:2: sclever1 value 'abc' is not a number"),
-        ("s1,p1,slides/a.tif,1,c,t,1,holdout\n",
-         "manifest.csv:2: split 'holdout' is not train/val/test/empty"),
+        (
+            "s1,p1,slides/a.tif,1,c,t,abc,train\n",
+            "manifest.csv:2: sclever1 value 'abc' is not a number",
+        ),
+        (
+            "s1,p1,slides/a.tif,1,c,t,1,holdout\n",
+            "manifest.csv:2: split 'holdout' is not train/val/test/empty",
+        ),
         ("s1,,slides/a.tif,1,c,t,1,train\n", "manifest.csv:2: empty patient_id"),
     ],
 )

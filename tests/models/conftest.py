@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 import torch
-from model_inputs import GENE_NAMES, MARKERS, make_batch
+
+from .model_inputs import GENE_NAMES, MARKERS, make_batch
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 MARKERS = ["DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b"]

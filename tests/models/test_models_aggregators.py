@@ -29,7 +29,9 @@ def agg(request: pytest.FixtureRequest) -> MILAggregator:
 def _bag() -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(1)
     h = torch.randn(3, 6, D)
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
     return h, mask
 
 

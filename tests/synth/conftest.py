@@ -1,16 +1,17 @@
-"""A tiny synthetic cohort generated once per test session (in-process, no progress bar)."""
+"""The session's tiny synthetic cohort (tests/conftest.py) with its summary."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from immunoplex.synth.cohort import CohortSummary, generate_cohort
+from immunoplex.synth.cohort import CohortSummary
 
 
 @pytest.fixture(scope="session")
-def synth_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CohortSummary]:
-    out = tmp_path_factory.mktemp("synth_tiny")
-    summary = generate_cohort(out, size="tiny", seed=0, workers=1, progress=False)
-    return out, summary
+def synth_tiny(tiny_cohort: Path) -> tuple[Path, CohortSummary]:
+    """(directory, summary) of the shared tiny cohort; read-only."""
+    payload = json.loads((tiny_cohort / "synth_summary.json").read_text())
+    return tiny_cohort, CohortSummary(**payload["summary"])

@@ -33,7 +33,10 @@ def _cd8_measures(img: np.ndarray, tissue: np.ndarray) -> tuple[float, float]:
     med = np.median(cd8[tissue])
     mad = np.median(np.abs(cd8[tissue] - med)) + 1.0
     cd8_pos = (cd8 > med + 15 * mad) & tissue
-    p_in, p_out = np.median(panck[tissue]), np.percentile(panck[~tissue], 50) if (~tissue).any() else 0
+    p_in, p_out = (
+        np.median(panck[tissue]),
+        np.percentile(panck[~tissue], 50) if (~tissue).any() else 0,
+    )
     tumour = (panck > 0.5 * (np.percentile(panck[tissue], 90) + p_out)) & tissue
     inside = cd8_pos[tumour].sum() / max(cd8_pos.sum(), 1)
     del p_in
@@ -75,9 +78,10 @@ def test_expression_cd8a_tracks_image_cd8_density(synth_tiny):
 def test_labels_follow_p_response(synth_tiny):
     out, _ = synth_tiny
     t = pd.read_csv(out / "truth.csv")
-    assert t.loc[t["label_true"] == 1, "p_response"].mean() > t.loc[
-        t["label_true"] == 0, "p_response"
-    ].mean()
+    assert (
+        t.loc[t["label_true"] == 1, "p_response"].mean()
+        > t.loc[t["label_true"] == 0, "p_response"].mean()
+    )
     big = sample_truth(20_000, 5, resolve_settings("tiny")["truth"])
     assert auroc(big["label_true"].to_numpy(), big["p_response"].to_numpy()) > 0.85
     # calibration: observed response rate within each decile of p matches p

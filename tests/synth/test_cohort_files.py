@@ -115,6 +115,7 @@ def test_signal_masks(synth_tiny):
         assert signal.relevant_regions(mask).dtype == bool
     total_cd8_in = s["n_cd8_intratumoural"].sum()
     marked = sum(
-        int(((np.load(out / r.signal) & signal.CD8_INTRATUMOURAL) > 0).sum()) for r in s.itertuples()
+        int(((np.load(out / r.signal) & signal.CD8_INTRATUMOURAL) > 0).sum())
+        for r in s.itertuples()
     )
     assert 0 < marked <= total_cd8_in

@@ -19,9 +19,9 @@ def _first_slide(out):
 
 
 def test_same_seed_same_cohort_any_workers(tmp_path, synth_tiny):
-    ref_dir, _ = synth_tiny
+    ref_dir, ref = synth_tiny  # generated in-process (workers=1)
     a = tmp_path / "a"
-    generate_cohort(a, size="tiny", seed=0, workers=2, progress=False)
+    generate_cohort(a, size=ref.size, seed=ref.seed, workers=2, progress=False)
     assert _tables(a) == _tables(ref_dir)
     np.testing.assert_array_equal(_first_slide(a), _first_slide(ref_dir))
     for p in sorted((ref_dir / "signal").glob("*.npy")):
@@ -29,9 +29,9 @@ def test_same_seed_same_cohort_any_workers(tmp_path, synth_tiny):
 
 
 def test_different_seed_differs(tmp_path, synth_tiny):
-    ref_dir, _ = synth_tiny
+    ref_dir, ref = synth_tiny
     b = tmp_path / "b"
-    generate_cohort(b, size="tiny", seed=1, workers=1, progress=False, **SMALL)
+    generate_cohort(b, size="tiny", seed=ref.seed + 1, workers=1, progress=False, **SMALL)
     assert (b / "manifest.csv").read_bytes() != (ref_dir / "manifest.csv").read_bytes()
     assert (b / "expression.csv").read_bytes() != (ref_dir / "expression.csv").read_bytes()
     assert not np.array_equal(_first_slide(b), _first_slide(ref_dir))

@@ -38,8 +38,10 @@ def test_foreign_target_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "immunoplex": meta}, path)
     with pytest.raises(CheckpointError, match="_target_ 'os.system' is not an immunoplex class"):
         load_checkpoint(path)
-    nested = {"_target_": "immunoplex.models.response_model.ResponseModel",
-              "encoder": {"_target_": "subprocess.call", "_partial_": True}}
+    nested = {
+        "_target_": "immunoplex.models.response_model.ResponseModel",
+        "encoder": {"_target_": "subprocess.call", "_partial_": True},
+    }
     with pytest.raises(CheckpointError, match="model.encoder: _target_ 'subprocess.call'"):
         check_targets(nested)
     with pytest.raises(CheckpointError):

@@ -11,8 +11,18 @@ from omegaconf import OmegaConf
 from immunoplex.paths import config_dir
 
 CONFIGS = config_dir()
-GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths",
-          "experiment", "hparams_search"]
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "experiment",
+    "hparams_search",
+]
 
 
 def _options(group: str) -> list[str]:

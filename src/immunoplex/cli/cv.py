@@ -1,8 +1,8 @@
 """`immunoplex-cv`: all folds of a patient-level CV in one command, then a summary table.
 
-    immunoplex-cv data.split.mode=kfold data.split.n_folds=5
-    immunoplex-cv data.split.mode=loco            # one fold per cohort
-    immunoplex-cv collect=RUN_DIR_GLOB            # summarise folds trained as a multirun/array
+immunoplex-cv data.split.mode=kfold data.split.n_folds=5
+immunoplex-cv data.split.mode=loco            # one fold per cohort
+immunoplex-cv collect=RUN_DIR_GLOB            # summarise folds trained as a multirun/array
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ def read_manifest(path: str | Path, default_mpp: float | None = None) -> list[di
     missing = [c for c in ("slide_id", "image") if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    if df.empty:
+        raise ManifestError(f"{path}: manifest has no rows (empty cohort)")
     dup = df["slide_id"][df["slide_id"].duplicated()].astype(str).unique().tolist()
     if dup:
         raise ManifestError(f"{path}: duplicated slide_id(s) {dup[:5]}")

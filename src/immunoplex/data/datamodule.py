@@ -94,9 +94,7 @@ class ResponseDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.panel = Panel(list(cfg.markers), aliases=dict(cfg.aliases or {}))
-        self.params = TilingParams(
-            tile_size=cfg.tile_size, mpp=cfg.mpp, min_tissue=cfg.min_tissue
-        )
+        self.params = TilingParams(tile_size=cfg.tile_size, mpp=cfg.mpp, min_tissue=cfg.min_tissue)
         self.cohort: Cohort | None = None
         self.split: Split | None = None
         self.records: dict[str, PatientRecord] = {}
@@ -282,9 +280,7 @@ class ResponseDataModule(L.LightningDataModule):
                 self.skipped.append(f"{row.slide_id}: no tissue tiles")
                 continue
             self.slide_keys[str(row.slide_id)] = ts.key
-            st = slide_tiles(
-                ts, str(row.slide_id), self.cfg.intensity_low, self.cfg.intensity_high
-            )
+            st = slide_tiles(ts, str(row.slide_id), self.cfg.intensity_low, self.cfg.intensity_high)
             out.setdefault(str(row.patient_id), []).append(st)
         if self.skipped:
             log.warning("skipped %d slide(s):\n  %s", len(self.skipped), "\n  ".join(self.skipped))
@@ -296,8 +292,12 @@ class ResponseDataModule(L.LightningDataModule):
         return bool((self.cfg.embeddings or {}).get("enabled", False))
 
     def attach_embeddings(
-        self, encoder: torch.nn.Module, device: str | torch.device = "cpu", shard: int = 0,
-        num_shards: int = 1, progress: bool = False,
+        self,
+        encoder: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        shard: int = 0,
+        num_shards: int = 1,
+        progress: bool = False,
     ) -> dict[str, int]:
         """Compute/load cached embeddings for this shard's slides; tiles are then not needed."""
         from immunoplex.embed import EmbeddingCache, embed_slides
@@ -308,9 +308,15 @@ class ResponseDataModule(L.LightningDataModule):
         mine = sorted(all_slides, key=lambda st: st.slide_id)[shard::num_shards]
         pairs = [(self.slide_keys[st.slide_id], st) for st in mine]
         report = embed_slides(
-            encoder, pairs, cache, self.cfg.intensity_low, self.cfg.intensity_high,
-            device=device, batch_size=int(emb_cfg.get("batch_size", 512)),
-            autocast=bool(emb_cfg.get("autocast", False)), progress=progress,
+            encoder,
+            pairs,
+            cache,
+            self.cfg.intensity_low,
+            self.cfg.intensity_high,
+            device=device,
+            batch_size=int(emb_cfg.get("batch_size", 512)),
+            autocast=bool(emb_cfg.get("autocast", False)),
+            progress=progress,
         )
         if num_shards == 1:
             for st in all_slides:

@@ -96,9 +96,7 @@ class TransformerBlock(nn.Module):
         self, x: Tensor, key_padding_mask: Tensor, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         q = self.norm1(x)
-        a, w = self.attn(
-            q, q, q, key_padding_mask=key_padding_mask, need_weights=need_weights
-        )
+        a, w = self.attn(q, q, q, key_padding_mask=key_padding_mask, need_weights=need_weights)
         x = x + self.drop(a)
         x = x + self.drop(self.ff(self.norm2(x)))
         return x, w

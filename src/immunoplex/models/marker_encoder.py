@@ -107,7 +107,9 @@ class MarkerEncoder(nn.Module):
         if self.pooling == "mean":
             pooled = masked_mean(tokens, mask, dim=1)
         else:
-            scores = self.attn_w(torch.tanh(self.attn_v(tokens)) * torch.sigmoid(self.attn_u(tokens)))
+            scores = self.attn_w(
+                torch.tanh(self.attn_v(tokens)) * torch.sigmoid(self.attn_u(tokens))
+            )
             weights = masked_softmax(scores.squeeze(-1), mask, dim=1).to(tokens.dtype)
             pooled = (weights.unsqueeze(-1) * tokens).sum(dim=1)
         return self.norm(pooled)

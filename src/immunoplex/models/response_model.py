@@ -82,7 +82,9 @@ class ResponseModel(nn.Module):
         self.name = name
         mods = [str(m) for m in modalities]
         if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
-            raise ConfigError(f"modalities must be a non-empty subset of {list(MODALITIES)}: {mods}")
+            raise ConfigError(
+                f"modalities must be a non-empty subset of {list(MODALITIES)}: {mods}"
+            )
         if treatment_mode not in TREATMENT_MODES:
             raise ConfigError(f"treatment_mode {treatment_mode!r} not in {TREATMENT_MODES}")
         if not 0.0 <= modality_dropout <= 0.5:

@@ -141,7 +141,9 @@ def place_cells(
     near = np.exp(-layout.dist_to_tumour_um / cfg["cd8_border_um"])
     w_out = layout.coarse_stroma * ((1 - bw) + bw * near / max(float(near.mean()), 1e-6))
     cout = _sample_in(rng, w_out, n_cd8 - n_in, step, stroma_full, (H, W))
-    parts.append((np.concatenate([cin[0], cout[0]]), np.concatenate([cin[1], cout[1]]), CellType.CD8))
+    parts.append(
+        (np.concatenate([cin[0], cout[0]]), np.concatenate([cin[1], cout[1]]), CellType.CD8)
+    )
 
     # Macrophages: mostly stroma; a Clever-1+ (STAB1+) fraction.
     n_mac = n_cells(patient["macrophage_density"], tissue_mm2)
@@ -157,7 +159,10 @@ def place_cells(
     n_clu = int(rng.binomial(n_neu, cfg["neutrophil_cluster_fraction"]))
     scattered = _sample_in(rng, layout.coarse_tissue, n_neu - n_clu, step, layout.tissue, (H, W))
     k = max(1, int(rng.poisson(n_clu / cfg["neutrophil_cluster_size"])))
-    near_b = layout.coarse_stroma * np.exp(-layout.dist_to_tumour_um / 50.0) + 1e-3 * layout.coarse_tissue
+    near_b = (
+        layout.coarse_stroma * np.exp(-layout.dist_to_tumour_um / 50.0)
+        + 1e-3 * layout.coarse_tissue
+    )
     cy, cx = _sample_in(rng, near_b, k, step, layout.tissue, (H, W))
     if len(cy) and n_clu:
         which = rng.integers(0, len(cy), n_clu)

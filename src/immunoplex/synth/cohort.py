@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from immunoplex.synth import atomic
 from immunoplex.synth.expression import simulate_expression
 from immunoplex.synth.metrics import auroc
 from immunoplex.synth.settings import resolve_settings
-from immunoplex.synth.slide import SlideJob, generate_slide
+from immunoplex.synth.slide import SLIDE_SETTING_KEYS, SlideJob, generate_slide
 from immunoplex.synth.truth import oracle_aurocs, sample_truth
 
 MANIFEST_COLUMNS = [
@@ -103,28 +104,38 @@ def _assign_patients(truth: pd.DataFrame, settings: dict[str, Any], rng: np.rand
     return site, n_slides, unlabelled, no_expr, split
 
 
+def _pool_context() -> mp.context.BaseContext:
+    """``fork`` while the process is single-threaded (fast start, works from scripts without a
+    ``__main__`` guard); otherwise ``spawn`` (forking a threaded process can deadlock)."""
+    if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def _run_jobs(jobs: list[SlideJob], workers: int, progress: bool) -> list[dict[str, Any]]:
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc="immunoplex-synth", unit="slide", disable=not progress)
-    try:
-        if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1:
+        with tqdm(
+            total=len(jobs), desc="immunoplex-synth", unit="slide", disable=not progress
+        ) as bar:
             for k, job in enumerate(jobs):
                 results[k] = generate_slide(job)
                 bar.update()
-        else:
-            # spawn: workers start clean (no inherited threads or locks from the parent).
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-            try:
-                futures = {ex.submit(generate_slide, job): k for k, job in enumerate(jobs)}
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    bar.update()
-            except BaseException:
-                ex.shutdown(wait=True, cancel_futures=True)
-                raise
-            ex.shutdown(wait=True)
-    finally:
-        bar.close()
+        return results  # type: ignore[return-value]
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+    try:
+        # Submit (and so start the workers) before tqdm starts its monitor thread.
+        futures = {ex.submit(generate_slide, job): k for k, job in enumerate(jobs)}
+        with tqdm(
+            total=len(jobs), desc="immunoplex-synth", unit="slide", disable=not progress
+        ) as bar:
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     return results  # type: ignore[return-value]
 
 
@@ -180,6 +191,7 @@ def generate_cohort(
     truth["site"], truth["n_slides"], truth["split"] = site, n_slides, split
     truth["labelled"], truth["has_expression"] = ~unlabelled, ~no_expr
 
+    slide_settings = {k: settings[k] for k in SLIDE_SETTING_KEYS}
     jobs: list[SlideJob] = []
     for pid, row in truth.iterrows():
         latents = {k: (row[k] if k == "phenotype" else float(row[k])) for k in _SLIDE_LATENTS}
@@ -194,7 +206,7 @@ def generate_cohort(
                     site=str(row["site"]),
                     site_gain=tuple(float(g) for g in settings["sites"][row["site"]]),
                     out_dir=str(out.resolve()),
-                    settings=settings,
+                    settings=slide_settings,
                 )
             )
     _remove_stale(out, {j.slide_id for j in jobs})

@@ -45,13 +45,14 @@ def upsample(low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def block_mean(a: np.ndarray, step: int) -> np.ndarray:
     """Mean over ``step`` x ``step`` blocks (edge blocks averaged over the pixels they have)."""
-    H, W = a.shape
-    h, w = -(-H // step), -(-W // step)
-    if H == h * step and W == w * step:
+    rows, cols = a.shape
+    h, w = -(-rows // step), -(-cols // step)
+    pad = ((0, h * step - rows), (0, w * step - cols))
+    if pad == ((0, 0), (0, 0)):
         return a.reshape(h, step, w, step).mean(axis=(1, 3), dtype=np.float32)
-    pad = ((0, h * step - H), (0, w * step - W))
     sums = np.pad(a.astype(np.float32), pad).reshape(h, step, w, step).sum(axis=(1, 3))
-    counts = np.pad(np.ones((H, W), np.float32), pad).reshape(h, step, w, step).sum(axis=(1, 3))
+    ones = np.ones((rows, cols), np.float32)
+    counts = np.pad(ones, pad).reshape(h, step, w, step).sum(axis=(1, 3))
     return sums / counts
 
 

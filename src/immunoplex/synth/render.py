@@ -46,6 +46,18 @@ def _ring(yy, xx, a, b, th, width):
     return np.exp(-(((rr - 1.0) * min(a, b) / width) ** 2))
 
 
+def _trim(bank: np.ndarray, eps: float = 0.01) -> np.ndarray:
+    """Drop the faint tails (< eps of each kernel's peak, shifted to reach zero) and crop the
+    (variants, K, K) bank to the smallest centred square that still holds the kernels."""
+    peak = bank.max(axis=(1, 2), keepdims=True)
+    bank = np.clip(bank - eps * peak, 0.0, None) / (1.0 - eps)
+    K = bank.shape[-1]
+    c = K // 2
+    ys, xs = np.nonzero(bank.max(axis=0) > 0)
+    r = int(max(np.abs(ys - c).max(), np.abs(xs - c).max())) if len(ys) else 0
+    return np.ascontiguousarray(bank[:, c - r : c + r + 1, c - r : c + r + 1], dtype=np.float32)
+
+
 @lru_cache(maxsize=4)
 def kernel_bank(mpp: float) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """Per cell type: (nucleus kernels, marker kernels), each (variants, K, K) float32 peak ~1."""
@@ -63,8 +75,8 @@ def kernel_bank(mpp: float) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
             nuc, mark = make(yy, xx, a, b, th)
             nucs.append(nuc)
             marks.append(mark)
-        n = None if nucs[0] is None else np.stack(nucs).astype(np.float32)
-        m = None if marks[0] is None else np.stack(marks).astype(np.float32)
+        n = None if nucs[0] is None else _trim(np.stack(nucs).astype(np.float32))
+        m = None if marks[0] is None else _trim(np.stack(marks).astype(np.float32))
         banks[int(kind)] = (n, m)  # type: ignore[assignment]
 
     def lumpy(yy):
@@ -100,7 +112,10 @@ def kernel_bank(mpp: float) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
         for k in range(3):
             ang = th + (k - 1) * 1.1
             nuc = np.maximum(
-                nuc, _ellipse(yy, xx, 0.5 * a, 0.5 * a, 0, 0.55 * a * np.sin(ang), 0.55 * a * np.cos(ang))
+                nuc,
+                _ellipse(
+                    yy, xx, 0.5 * a, 0.5 * a, 0, 0.55 * a * np.sin(ang), 0.55 * a * np.cos(ang)
+                ),
             )
         cyto = _ellipse(yy, xx, a * 1.45, a * 1.45, 0) - 0.5 * nuc
         return nuc, np.clip(cyto, 0, None)

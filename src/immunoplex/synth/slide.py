@@ -23,6 +23,8 @@ from immunoplex.synth.tissue import build_layout
 
 #: Bump when the rendering changes in a way that makes old slides stale.
 RENDER_VERSION = 1
+#: The settings groups a slide depends on (its fingerprint covers exactly these).
+SLIDE_SETTING_KEYS = ("image", "tissue", "cells", "render", "slide_px")
 _SLIDE_STREAM = 2
 
 
@@ -55,14 +57,13 @@ class SlideJob:
         return Path(self.out_dir) / "signal" / f"{self.slide_id}.json"
 
     def fingerprint(self) -> str:
-        keys = ("image", "tissue", "cells", "render", "slide_px")
         payload = {
             "v": RENDER_VERSION,
             "index": self.index,
             "seed": self.seed,
             "patient": self.patient,
             "site_gain": list(self.site_gain),
-            "settings": {k: self.settings[k] for k in keys},
+            "settings": {k: self.settings[k] for k in SLIDE_SETTING_KEYS},
         }
         blob = json.dumps(payload, sort_keys=True, default=float).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
@@ -115,7 +116,13 @@ def generate_slide(job: SlideJob) -> dict[str, Any]:
 
     p = job.patient
     layout = build_layout(
-        rng, (H, W), mpp, float(img_cfg["signal_mpp"]), p["tumour_burden"], p["vessel_z"], s["tissue"]
+        rng,
+        (H, W),
+        mpp,
+        float(img_cfg["signal_mpp"]),
+        p["tumour_burden"],
+        p["vessel_z"],
+        s["tissue"],
     )
     cells = place_cells(rng, layout, p, s["cells"])
     image = render_channels(rng, layout, cells, panel, gains, rcfg)
@@ -175,5 +182,3 @@ def generate_slide(job: SlideJob) -> dict[str, Any]:
     }
     atomic.write_text(job.stats_path, json.dumps(stats, indent=1))
     return {**stats, "reused": False}
-
-

@@ -95,8 +95,8 @@ def build_layout(
     coarse_tissue = block_mean(tissue, step)
     coarse_tumour = block_mean(tumour, step)
     t_low = coarse_tumour > 0.5
-    dist_to = ndimage.distance_transform_edt(~t_low) * um_low if t_low.any() else np.full(
-        (h, w), 1e4
+    dist_to = (
+        ndimage.distance_transform_edt(~t_low) * um_low if t_low.any() else np.full((h, w), 1e4)
     )
     dist_in = ndimage.distance_transform_edt(t_low) * um_low
 

@@ -102,9 +102,11 @@ def sample_latents(
     ref = reference_stats(t)
     clever_z = _z(np.log(raw["clever1_density"]), ref["clever1_density"])
     s = t["sclever1"]
-    log_s = np.log(s["median"]) + s["clever1_loading"] * clever_z + s["noise_sdlog"] * raw[
-        "_sclever_noise"
-    ]
+    log_s = (
+        np.log(s["median"])
+        + s["clever1_loading"] * clever_z
+        + s["noise_sdlog"] * raw["_sclever_noise"]
+    )
     arms = list(arm_probs)
     ap = np.array([arm_probs[a] for a in arms], dtype=float)
     arm = np.asarray(arms, dtype=object)[rng.choice(len(arms), size=n, p=ap / ap.sum())]
@@ -148,7 +150,8 @@ def logit_parts(latents: pd.DataFrame, effects: dict[str, Any]) -> pd.DataFrame:
             "logit_expression_only": e["expression_only"]["ifn"] * latents["ifn_z"].to_numpy(),
             "logit_shared": e["shared"]["clever1"] * cz
             + e["shared"]["neutrophil"] * latents["neutrophil_z"].to_numpy(),
-            "logit_treatment": combo * (e["treatment"]["combo"] + e["treatment"]["combo_x_clever1"] * cz)
+            "logit_treatment": combo
+            * (e["treatment"]["combo"] + e["treatment"]["combo_x_clever1"] * cz)
             + mono
             * (
                 e["treatment"]["mono_x_clever1"] * cz
@@ -199,7 +202,7 @@ def _expression_only_probability(
 def sample_truth(
     n_patients: int,
     seed: int,
-    truth_cfg: dict[str, Any],
+    truth_cfg: dict[str, Any] | None = None,
     arm_probs: dict[str, float] | None = None,
     rng: np.random.Generator | None = None,
 ) -> pd.DataFrame:
@@ -207,7 +210,12 @@ def sample_truth(
 
     ``p_image_only`` / ``p_expression_only`` are the best possible predictors for a model that sees
     only the images (+ clinical: arm, sClever-1) or only the expression (+ clinical).
+    ``truth_cfg`` defaults to the ``truth`` group of the shipped configs/synth.yaml.
     """
+    if truth_cfg is None:
+        from immunoplex.synth.settings import resolve_settings
+
+        truth_cfg = resolve_settings("default")["truth"]
     if rng is None:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
     arm_probs = arm_probs or {MONO: 0.5, COMBO: 0.5}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torchmetrics import SumMetric
 
 from immunoplex.cohort import LABEL_NAMES
 from immunoplex.data.transforms import AugmentConfig, augment_tiles, normalise_tiles
@@ -74,6 +75,10 @@ class ResponseModule(L.LightningModule):
         self.train_metrics = response_metrics("train/", threshold)
         self.val_metrics = response_metrics("val/", threshold)
         self.test_metrics = response_metrics("test/", threshold)
+        # Patients scored per stage, summed over DDP ranks: proves none is counted twice.
+        self.patient_counts = torch.nn.ModuleDict(
+            {f"n_{s}": SumMetric() for s in ("train", "val", "test")}
+        )
         self._generator: torch.Generator | None = None
 
     # ---- inputs --------------------------------------------------------------------------
@@ -83,9 +88,11 @@ class ResponseModule(L.LightningModule):
             self._compiled = True
 
     def _step_seed(self, batch_idx: int) -> int:
-        return (self.hparams["seed"] * 1_000_003 + self.current_epoch * 10_007 + batch_idx) * (
-            self.global_rank + 1
-        ) % (2**63 - 1)
+        return (
+            (self.hparams["seed"] * 1_000_003 + self.current_epoch * 10_007 + batch_idx)
+            * (self.global_rank + 1)
+            % (2**63 - 1)
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Dropout and augmentation draw from RNGs re-seeded per step: a resumed run replays the
@@ -130,6 +137,7 @@ class ResponseModule(L.LightningModule):
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         if labelled.any():
             metrics[stage].update(torch.sigmoid(logit[labelled].detach()), label[labelled].long())
+            self.patient_counts[f"n_{stage}"].update(labelled.sum())
         self.log(
             f"{stage}/loss",
             loss,
@@ -155,6 +163,8 @@ class ResponseModule(L.LightningModule):
         coll = metrics[stage]
         if all(m.update_count == 0 for m in coll.values(copy_state=False)):
             return
+        self.log(f"{stage}/n_patients", self.patient_counts[f"n_{stage}"].compute())
+        self.patient_counts[f"n_{stage}"].reset()
         values = coll.compute()
         auroc = values.pop(f"{stage}/auroc")
         self.log_dict(values, prog_bar=False)
