@@ -33,14 +33,14 @@ class ElasticNetConfig:
     faster here; ``solver="saga"`` uses scikit-learn directly.
     """
 
-    Cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
+    Cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
     l1_ratios: tuple[float, ...] = (0.1, 0.5, 0.9)
     inner_folds: int = 5
     min_cohorts_for_group_cv: int = 3
     class_weight: str | None = "balanced"
     solver: str = "fista"
     max_iter: int = 3000
-    tol: float = 1e-5
+    tol: float = 1e-4
     seed: int = 0
     normalizer: dict[str, Any] = field(default_factory=lambda: {"method": "zscore_cohort"})
 
@@ -60,7 +60,7 @@ def fit_elastic_net_logistic(
     sample_weight: np.ndarray | None = None,
     init: tuple[np.ndarray, float] | None = None,
     max_iter: int = 3000,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
     lipschitz: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Minimise C * sum_i s_i logloss_i + (1 - r)/2 ||w||^2 + r ||w||_1 (intercept unpenalised),

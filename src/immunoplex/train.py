@@ -157,6 +157,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("prepare_only"):
+        # Tile every slide into the cache and stop (run once before a multi-GPU job).
+        ResponseDataModule(data_config_from(cfg.data, int(cfg.seed))).prepare_data()
+        return {}
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     dm, module, trainer = build(cfg)

@@ -14,4 +14,5 @@ from immunoplex.synth.cohort import CohortSummary
 def synth_tiny(tiny_cohort: Path) -> tuple[Path, CohortSummary]:
     """(directory, summary) of the shared tiny cohort; read-only."""
     payload = json.loads((tiny_cohort / "synth_summary.json").read_text())
-    return tiny_cohort, CohortSummary(**payload["summary"])
+    fields = {k: float("nan") if v is None else v for k, v in payload["summary"].items()}
+    return tiny_cohort, CohortSummary(**fields)

@@ -63,3 +63,19 @@ def test_rerun_reuses_complete_slides_and_repairs_broken_ones(tmp_path):
     other = generate_cohort(out, size="tiny", seed=3, workers=1, progress=False,
                             **{**SMALL, "render.read_noise": 6.0})  # fmt: skip
     assert other.n_rendered == other.n_slides
+
+
+def test_spawned_workers_match_in_process(tmp_path, monkeypatch):
+    """The pool spawns when the caller has threads running; output must not change."""
+    import multiprocessing as mp
+
+    from immunoplex.synth import cohort
+
+    args = {"size": "tiny", "seed": 5, "progress": False, "n_patients": 4, "slide_px": 128}
+    generate_cohort(tmp_path / "inline", workers=1, **args)
+    monkeypatch.setattr(cohort, "_pool_context", lambda: mp.get_context("spawn"))
+    generate_cohort(tmp_path / "spawned", workers=2, **args)
+    assert _tables(tmp_path / "inline") == _tables(tmp_path / "spawned")
+    np.testing.assert_array_equal(
+        _first_slide(tmp_path / "inline"), _first_slide(tmp_path / "spawned")
+    )

@@ -30,12 +30,28 @@ def test_run_directory_has_checkpoint_logs_predictions(tiny_run: dict) -> None:
     out: Path = tiny_run["out"]
     s = tiny_run["summary"]
     assert Path(s["checkpoint"]) == out / "model.ckpt"
-    for name in ("model.ckpt", "summary.json", "config.yaml", "predictions_val.csv",
-                 "predictions_test.csv", "logs/metrics.csv"):
+    for name in (
+        "model.ckpt",
+        "summary.json",
+        "config.yaml",
+        "predictions_val.csv",
+        "predictions_test.csv",
+        "logs/metrics.csv",
+    ):
         assert (out / name).is_file(), name
     metrics = pd.read_csv(out / "logs" / "metrics.csv")
-    for col in ("train/loss", "val/loss", "val/auroc", "val/auprc", "val/ece", "val/brier",
-                "val/balanced_accuracy", "val/sensitivity", "val/specificity", "val/n_patients"):
+    for col in (
+        "train/loss",
+        "val/loss",
+        "val/auroc",
+        "val/auprc",
+        "val/ece",
+        "val/brier",
+        "val/balanced_accuracy",
+        "val/sensitivity",
+        "val/specificity",
+        "val/n_patients",
+    ):
         assert col in metrics.columns, col
     assert json.loads((out / "summary.json").read_text())["test_auroc"] == s["test_auroc"]
     assert s["n_patients"]["test"] == 6
@@ -97,7 +113,9 @@ def test_single_modality_configs_train(tiny_cohort: Path, tmp_path: Path, model:
 
 def test_two_stage_trains_from_cached_embeddings(tiny_cohort: Path, tmp_path: Path) -> None:
     over = fast_overrides(tiny_cohort, epochs=1) + [
-        "experiment=two_stage", f"data.embeddings.cache_dir={tmp_path}/emb", "trainer.max_epochs=1"
+        "experiment=two_stage",
+        f"data.embeddings.cache_dir={tmp_path}/emb",
+        "trainer.max_epochs=1",
     ]
     cfg = compose_train(over, tmp_path / "run")
     s = train(cfg)

@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,109 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
                 p.unlink(missing_ok=True)
 
 
+def _plan_slides(
+    truth: pd.DataFrame, settings: dict[str, Any], seed: int, out: Path
+) -> list[SlideJob]:
+    """One job per slide, numbered in patient order (S0001, ...)."""
+    slide_settings = {k: settings[k] for k in SLIDE_SETTING_KEYS}
+    jobs: list[SlideJob] = []
+    for pid, row in truth.iterrows():
+        latents = {k: (row[k] if k == "phenotype" else float(row[k])) for k in _SLIDE_LATENTS}
+        for _ in range(int(row["n_slides"])):
+            jobs.append(
+                SlideJob(
+                    index=len(jobs),
+                    slide_id=f"S{len(jobs) + 1:04d}",
+                    patient_id=str(pid),
+                    seed=seed,
+                    patient=latents,
+                    site=str(row["site"]),
+                    site_gain=tuple(float(g) for g in settings["sites"][row["site"]]),
+                    out_dir=str(out.resolve()),
+                    settings=slide_settings,
+                )
+            )
+    return jobs
+
+
+def _write_tables(
+    out: Path, truth: pd.DataFrame, slides: pd.DataFrame, settings: dict[str, Any], seed: int
+) -> None:
+    """truth_slides, expression, truth and (last, so its presence means done) the manifest."""
+    per_slide = slides.assign(gains=slides["gains"].map(lambda g: ";".join(f"{x:.4f}" for x in g)))
+    keep = [c for c in per_slide.columns if c not in ("reused", "fingerprint")]
+    atomic.write_csv(out / "truth_slides.csv", per_slide[keep])
+
+    expr = simulate_expression(
+        truth, truth["site"], settings["expression"],
+        np.random.default_rng(np.random.SeedSequence([seed, _EXPRESSION_STREAM])),
+    )  # fmt: skip
+    expr = expr[truth["has_expression"].to_numpy()]
+    atomic.write_csv(out / "expression.csv", expr, float_format="%.4f")
+
+    label = truth["label_true"].astype("Int64").mask(~truth["labelled"])
+    truth_out = truth.reset_index()
+    truth_out.insert(1, "label", label.array)
+    atomic.write_csv(out / "truth.csv", truth_out, float_format="%.6g")
+
+    pid = slides["patient_id"]
+    manifest = pd.DataFrame(
+        {
+            "slide_id": slides["slide_id"],
+            "patient_id": pid,
+            "image": slides["image"],
+            "label": label.reindex(pid).array,
+            "cohort": truth.loc[pid, "site"].to_numpy(),
+            "treatment": truth.loc[pid, "treatment"].to_numpy(),
+            "sclever1": truth.loc[pid, "sclever1"].round(4).to_numpy(),
+            "split": truth.loc[pid, "split"].to_numpy(),
+        }
+    )[MANIFEST_COLUMNS]
+    atomic.write_csv(out / "manifest.csv", manifest)
+
+
+@lru_cache(maxsize=8)
+def _population_aurocs(key: str) -> dict[str, float]:
+    truth_cfg, arms = json.loads(key)
+    return oracle_aurocs(sample_truth(_POPULATION_N, _POPULATION_SEED, truth_cfg, arms))
+
+
+def _summarise(
+    out: Path,
+    size: str,
+    seed: int,
+    truth: pd.DataFrame,
+    slides: pd.DataFrame,
+    settings: dict[str, Any],
+) -> CohortSummary:
+    test = truth[truth["split"] == "test"]
+    y = test["label_true"].to_numpy()
+    pop = _population_aurocs(
+        json.dumps([settings["truth"], settings["cohort"]["treatments"]], sort_keys=True)
+    )
+    labelled = truth[truth["labelled"]]
+    return CohortSummary(
+        out_dir=str(out),
+        size=size,
+        seed=seed,
+        n_patients=len(truth),
+        n_slides=len(slides),
+        n_labelled=len(labelled),
+        n_responders=int(labelled["label_true"].sum()),
+        n_test=len(test),
+        n_with_expression=int(truth["has_expression"].sum()),
+        n_rendered=int((~slides["reused"]).sum()),
+        n_reused=int(slides["reused"].sum()),
+        seconds=0.0,
+        auroc_bayes_test=auroc(y, test["p_response"].to_numpy()),
+        auroc_image_only_test=auroc(y, test["p_image_only"].to_numpy()),
+        auroc_expression_only_test=auroc(y, test["p_expression_only"].to_numpy()),
+        auroc_bayes_population=pop["bayes"],
+        auroc_image_only_population=pop["image_only"],
+        auroc_expression_only_population=pop["expression_only"],
+    )
+
+
 def generate_cohort(
     out_dir: str | os.PathLike[str],
     size: str = "default",
@@ -191,84 +295,15 @@ def generate_cohort(
     truth["site"], truth["n_slides"], truth["split"] = site, n_slides, split
     truth["labelled"], truth["has_expression"] = ~unlabelled, ~no_expr
 
-    slide_settings = {k: settings[k] for k in SLIDE_SETTING_KEYS}
-    jobs: list[SlideJob] = []
-    for pid, row in truth.iterrows():
-        latents = {k: (row[k] if k == "phenotype" else float(row[k])) for k in _SLIDE_LATENTS}
-        for _ in range(int(row["n_slides"])):
-            jobs.append(
-                SlideJob(
-                    index=len(jobs),
-                    slide_id=f"S{len(jobs) + 1:04d}",
-                    patient_id=str(pid),
-                    seed=seed,
-                    patient=latents,
-                    site=str(row["site"]),
-                    site_gain=tuple(float(g) for g in settings["sites"][row["site"]]),
-                    out_dir=str(out.resolve()),
-                    settings=slide_settings,
-                )
-            )
+    jobs = _plan_slides(truth, settings, seed, out)
     _remove_stale(out, {j.slide_id for j in jobs})
-    stats = _run_jobs(jobs, min(workers, max(len(jobs), 1)), progress)
-
-    slides = pd.DataFrame(stats)
-    slides["gains"] = slides["gains"].map(lambda g: ";".join(f"{x:.4f}" for x in g))
-    slide_cols = [c for c in slides.columns if c not in ("reused", "fingerprint")]
-    atomic.write_csv(out / "truth_slides.csv", slides[slide_cols])
-
-    expr = simulate_expression(
-        truth, truth["site"], settings["expression"],
-        np.random.default_rng(np.random.SeedSequence([seed, _EXPRESSION_STREAM])),
-    )  # fmt: skip
-    expr = expr[truth["has_expression"].to_numpy()]
-    atomic.write_csv(out / "expression.csv", expr, float_format="%.4f")
-
-    label = truth["label_true"].astype("Int64").mask(~truth["labelled"])
-    truth_out = truth.reset_index()
-    truth_out.insert(1, "label", label.array)
-    atomic.write_csv(out / "truth.csv", truth_out, float_format="%.6g")
-
-    manifest = pd.DataFrame(
-        {
-            "slide_id": slides["slide_id"],
-            "patient_id": slides["patient_id"],
-            "image": slides["image"],
-            "label": label.reindex(slides["patient_id"]).array,
-            "cohort": truth.loc[slides["patient_id"], "site"].to_numpy(),
-            "treatment": truth.loc[slides["patient_id"], "treatment"].to_numpy(),
-            "sclever1": truth.loc[slides["patient_id"], "sclever1"].round(4).to_numpy(),
-            "split": truth.loc[slides["patient_id"], "split"].to_numpy(),
-        }
-    )[MANIFEST_COLUMNS]
-    atomic.write_csv(out / "manifest.csv", manifest)
-
-    test = truth[truth["split"] == "test"]
-    y = test["label_true"].to_numpy()
-    pop = sample_truth(_POPULATION_N, _POPULATION_SEED, settings["truth"], arms)
-    pop_auc = oracle_aurocs(pop)
-    labelled = truth[truth["labelled"]]
-    summary = CohortSummary(
-        out_dir=str(out),
-        size=size,
-        seed=seed,
-        n_patients=n,
-        n_slides=len(jobs),
-        n_labelled=len(labelled),
-        n_responders=int(labelled["label_true"].sum()),
-        n_test=len(test),
-        n_with_expression=int(truth["has_expression"].sum()),
-        n_rendered=int((~slides["reused"]).sum()),
-        n_reused=int(slides["reused"].sum()),
-        seconds=0.0,
-        auroc_bayes_test=auroc(y, test["p_response"].to_numpy()),
-        auroc_image_only_test=auroc(y, test["p_image_only"].to_numpy()),
-        auroc_expression_only_test=auroc(y, test["p_expression_only"].to_numpy()),
-        auroc_bayes_population=pop_auc["bayes"],
-        auroc_image_only_population=pop_auc["image_only"],
-        auroc_expression_only_population=pop_auc["expression_only"],
-    )
+    slides = pd.DataFrame(_run_jobs(jobs, min(workers, max(len(jobs), 1)), progress))
+    _write_tables(out, truth, slides, settings, seed)
+    summary = _summarise(out, size, seed, truth, slides, settings)
     summary.seconds = round(time.perf_counter() - t0, 2)
-    payload = {"summary": summary.to_dict(), "settings": settings}
+    nan_free = {
+        k: (None if isinstance(v, float) and v != v else v) for k, v in summary.to_dict().items()
+    }
+    payload = {"summary": nan_free, "settings": settings}
     atomic.write_text(out / "synth_summary.json", json.dumps(payload, indent=1, default=str))
     return summary
