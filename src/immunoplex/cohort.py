@@ -68,7 +68,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path).astype(str)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise ManifestError(f"{path}: cannot parse manifest ({err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ManifestError(f"{path}: cannot parse manifest ({reason})") from err
 
 
 def load_cohort(

@@ -26,7 +26,6 @@ import torch
 from immunoplex.predict import Predictor, atomic_path, atomic_write_text, embed_bag, model_batch
 from immunoplex.predict import to_json as _to_json
 
-
 KIND = {"markers": "marker", "modalities": "modality", "genes": "gene"}
 
 
@@ -138,8 +137,14 @@ def _ranked(values: dict[str, list[float]]) -> list[dict[str, Any]]:
         if len(v) == 0:
             rows.append({"feature": name, "mean": None, "mean_abs": None, "n": 0})
             continue
-        rows.append({"feature": name, "mean": float(v.mean()), "mean_abs": float(np.abs(v).mean()),
-                     "n": int(len(v))})
+        rows.append(
+            {
+                "feature": name,
+                "mean": float(v.mean()),
+                "mean_abs": float(np.abs(v).mean()),
+                "n": int(len(v)),
+            }
+        )
     rows.sort(key=lambda r: -1.0 if r["mean_abs"] is None else -r["mean_abs"])
     for i, r in enumerate(rows, start=1):
         r["rank"] = i if r["mean_abs"] is not None else None
@@ -155,18 +160,32 @@ def cohort_summary(
     markers = {m: [e["markers"].get(m) for e in ex.values()] for m in pred.markers}
     mods = sorted({k for e in ex.values() for k in e["modalities"]})
     modalities = {m: [e["modalities"].get(m) for e in ex.values()] for m in mods}
-    attrs = [np.asarray(e["genes"]["attributions"]) for e in ex.values()
-             if e["genes"].get("attributions") is not None]
+    attrs = [
+        np.asarray(e["genes"]["attributions"])
+        for e in ex.values()
+        if e["genes"].get("attributions") is not None
+    ]
     genes: list[dict[str, Any]] = []
     if attrs:
         a = np.stack(attrs)
         mean_abs = np.abs(a).mean(axis=0)
         order = np.argsort(-mean_abs, kind="stable")[:top_genes]
-        genes = [{"feature": pred.genes[i], "mean": float(a[:, i].mean()),
-                  "mean_abs": float(mean_abs[i]), "n": int(a.shape[0]), "rank": r}
-                 for r, i in enumerate(order, start=1)]
-    return {"n_patients": len(ex), "markers": _ranked(markers), "modalities": _ranked(modalities),
-            "genes": genes}
+        genes = [
+            {
+                "feature": pred.genes[i],
+                "mean": float(a[:, i].mean()),
+                "mean_abs": float(mean_abs[i]),
+                "n": int(a.shape[0]),
+                "rank": r,
+            }
+            for r, i in enumerate(order, start=1)
+        ]
+    return {
+        "n_patients": len(ex),
+        "markers": _ranked(markers),
+        "modalities": _ranked(modalities),
+        "genes": genes,
+    }
 
 
 def explanation_table(
@@ -181,20 +200,46 @@ def explanation_table(
             vals = {k: v for k, v in e[kind].items() if v is not None}
             order = sorted(vals, key=lambda k: -abs(vals[k]))
             for r, k in enumerate(order, start=1):
-                rows.append({"scope": "patient", "patient_id": pid, "kind": KIND[kind],
-                             "feature": k, "value": vals[k], "rank": r})
+                rows.append(
+                    {
+                        "scope": "patient",
+                        "patient_id": pid,
+                        "kind": KIND[kind],
+                        "feature": k,
+                        "value": vals[k],
+                        "rank": r,
+                    }
+                )
         for r, (g, v) in enumerate(e["genes"]["top"], start=1):
-            rows.append({"scope": "patient", "patient_id": pid, "kind": "gene", "feature": g,
-                         "value": v, "rank": r})
+            rows.append(
+                {
+                    "scope": "patient",
+                    "patient_id": pid,
+                    "kind": "gene",
+                    "feature": g,
+                    "value": v,
+                    "rank": r,
+                }
+            )
     for kind in ("markers", "modalities", "genes"):
         for item in summary[kind]:
             if item["mean_abs"] is None:
                 continue
-            rows.append({"scope": "cohort", "patient_id": "", "kind": KIND[kind],
-                         "feature": item["feature"], "value": item["mean_abs"],
-                         "rank": item["rank"], "mean": item["mean"], "n": item["n"]})
-    return pd.DataFrame(rows, columns=["scope", "patient_id", "kind", "feature", "value", "rank",
-                                       "mean", "n"])
+            rows.append(
+                {
+                    "scope": "cohort",
+                    "patient_id": "",
+                    "kind": KIND[kind],
+                    "feature": item["feature"],
+                    "value": item["mean_abs"],
+                    "rank": item["rank"],
+                    "mean": item["mean"],
+                    "n": item["n"],
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["scope", "patient_id", "kind", "feature", "value", "rank", "mean", "n"]
+    )
 
 
 def write_explanations(

@@ -250,20 +250,19 @@ def _to_numeric(df: pd.DataFrame, source: object) -> np.ndarray:
         except (ValueError, TypeError):
             values = None
     if values is None:
-        values = np.empty(df.shape, dtype=np.float64)
-        for j, col in enumerate(df.columns):
-            series = df.iloc[:, j]
-            num = pd.to_numeric(series, errors="coerce")
-            text = series.astype(str).str.strip()
-            blank = series.isna() | text.str.lower().isin(["", "nan", "na", "n/a", "null", "none"])
-            bad = num.isna() & ~blank
-            if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise _fail(
-                    source,
-                    f"sample {df.index[i]!r} gene {col!r}: non-numeric value {series.iloc[i]!r}",
-                )
-            values[:, j] = num.to_numpy(dtype=np.float64, na_value=np.nan)
+        cells = pd.Series(df.to_numpy(dtype=object).ravel(order="F"))
+        num = pd.to_numeric(cells, errors="coerce")
+        text = cells.astype(str).str.strip().str.lower()
+        blank = cells.isna() | text.isin(["", "nan", "na", "n/a", "null", "none"])
+        bad = np.flatnonzero((num.isna() & ~blank).to_numpy())
+        if len(bad):
+            j, i = divmod(int(bad[0]), df.shape[0])
+            raise _fail(
+                source,
+                f"sample {df.index[i]!r} gene {df.columns[j]!r}: "
+                f"non-numeric value {cells.iloc[bad[0]]!r}",
+            )
+        values = num.to_numpy(dtype=np.float64, na_value=np.nan).reshape(df.shape, order="F")
     return values
 
 

@@ -35,7 +35,11 @@ from immunoplex.tiling import read_downsampled, read_resampled, shape_at
 
 NUCLEAR_COLOUR = (0.25, 0.45, 1.0)
 PALETTE = [
-    (0.15, 1.0, 0.25), (1.0, 0.2, 0.55), (1.0, 0.85, 0.1), (0.1, 0.9, 1.0), (1.0, 0.5, 0.0),
+    (0.15, 1.0, 0.25),
+    (1.0, 0.2, 0.55),
+    (1.0, 0.85, 0.1),
+    (0.1, 0.9, 1.0),
+    (1.0, 0.5, 0.0),
     (0.8, 0.8, 0.8),
 ]
 
@@ -103,14 +107,21 @@ def tile_table(heat: SlideHeat, geo: Geometry) -> pd.DataFrame:
     order = np.argsort(-np.nan_to_num(heat.attention, nan=-np.inf), kind="stable")
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(1, len(order) + 1)
-    return pd.DataFrame({
-        "tile": np.arange(len(heat.coords)),
-        "y": heat.coords[:, 0], "x": heat.coords[:, 1],
-        "x0_level0": boxes[:, 0], "y0_level0": boxes[:, 1],
-        "x1_level0": boxes[:, 2], "y1_level0": boxes[:, 3],
-        "attention": heat.attention, "attention_rel": heat.attention_rel,
-        "attention_rank": rank, "score": heat.score,
-    })
+    return pd.DataFrame(
+        {
+            "tile": np.arange(len(heat.coords)),
+            "y": heat.coords[:, 0],
+            "x": heat.coords[:, 1],
+            "x0_level0": boxes[:, 0],
+            "y0_level0": boxes[:, 1],
+            "x1_level0": boxes[:, 2],
+            "y1_level0": boxes[:, 3],
+            "attention": heat.attention,
+            "attention_rel": heat.attention_rel,
+            "attention_rank": rank,
+            "score": heat.score,
+        }
+    )
 
 
 def geojson(heat: SlideHeat, geo: Geometry) -> dict[str, Any]:
@@ -126,17 +137,31 @@ def geojson(heat: SlideHeat, geo: Geometry) -> dict[str, Any]:
                 meas[key] = v
         meas["attention_rank"] = int(table["attention_rank"].iat[i])
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-        feats.append({
-            "type": "Feature",
-            "id": f"{heat.slide_id}-tile-{i}",
-            "geometry": {"type": "Polygon", "coordinates": [[[round(a, 3), round(b, 3)]
-                                                              for a, b in ring]]},
-            "properties": {"objectType": "tile", "name": f"tile {i}", "isLocked": False,
-                           "measurements": meas},
-        })
-    return {"type": "FeatureCollection", "features": feats,
-            "properties": {"slide_id": heat.slide_id, "coordinates": "level-0 pixels (x, y)",
-                           "level0_mpp": geo.slide_mpp}}
+        feats.append(
+            {
+                "type": "Feature",
+                "id": f"{heat.slide_id}-tile-{i}",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[round(a, 3), round(b, 3)] for a, b in ring]],
+                },
+                "properties": {
+                    "objectType": "tile",
+                    "name": f"tile {i}",
+                    "isLocked": False,
+                    "measurements": meas,
+                },
+            }
+        )
+    return {
+        "type": "FeatureCollection",
+        "features": feats,
+        "properties": {
+            "slide_id": heat.slide_id,
+            "coordinates": "level-0 pixels (x, y)",
+            "level0_mpp": geo.slide_mpp,
+        },
+    }
 
 
 # ----------------------------------------------------------------------------- raster
@@ -182,10 +207,12 @@ def write_ome_heatmap(
     meta = {
         "axes": "CYX",
         "Channel": {"Name": ["attention", "score"]},
-        "PhysicalSizeX": geo.slide_mpp * sx, "PhysicalSizeXUnit": "µm",
-        "PhysicalSizeY": geo.slide_mpp * sy, "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeX": geo.slide_mpp * sx,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": geo.slide_mpp * sy,
+        "PhysicalSizeYUnit": "µm",
         "Description": f"immunoplex heatmap of {heat.slide_id}; level-0 px per pixel "
-                       f"(x, y) = ({sx:.6g}, {sy:.6g})",
+        f"(x, y) = ({sx:.6g}, {sy:.6g})",
     }
     from immunoplex.predict import atomic_path
 
@@ -198,18 +225,28 @@ def write_ome_heatmap(
     tile = (256, 256) if max(data.shape[1:]) > 256 else None
     try:
         with tifffile.TiffWriter(tmp, bigtiff=data.nbytes > 2**31, ome=True) as tif:
-            tif.write(data, photometric="minisblack", metadata=meta, compression="zlib",
-                      tile=tile, subifds=len(levels) or None)
+            tif.write(
+                data,
+                photometric="minisblack",
+                metadata=meta,
+                compression="zlib",
+                tile=tile,
+                subifds=len(levels) or None,
+            )
             for sub in levels:
-                tif.write(sub, photometric="minisblack", subfiletype=1, compression="zlib",
-                          tile=tile)
+                tif.write(
+                    sub, photometric="minisblack", subfiletype=1, compression="zlib", tile=tile
+                )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"shape": [int(data.shape[1]), int(data.shape[2])], "level0_per_pixel_x": sx,
-            "level0_per_pixel_y": sy, "physical_size_um": [geo.slide_mpp * sx,
-                                                           geo.slide_mpp * sy]}
+    return {
+        "shape": [int(data.shape[1]), int(data.shape[2])],
+        "level0_per_pixel_x": sx,
+        "level0_per_pixel_y": sy,
+        "physical_size_um": [geo.slide_mpp * sx, geo.slide_mpp * sy],
+    }
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -230,8 +267,11 @@ def composite_channels(
             absent.append(m)
             continue
         idx.append(i)
-        names.append(m if panel.canonical(slide.channels[i]) == slide.channels[i]
-                     else f"{m} ({slide.channels[i]})")
+        names.append(
+            m
+            if panel.canonical(slide.channels[i]) == slide.channels[i]
+            else f"{m} ({slide.channels[i]})"
+        )
         colours.append(NUCLEAR_COLOUR if panel.canonical(m) == "DAPI" else next(pal, (1, 1, 1)))
     if not idx:  # nothing requested is on the slide: show its first channel
         idx, names, colours = [0], [slide.channels[0]], [NUCLEAR_COLOUR]
@@ -273,7 +313,11 @@ def _coverage(heat: SlideHeat, geo: Geometry, shape: tuple[int, int]) -> np.ndar
 
 
 def render_heatmap_png(
-    path: Path, slide: Slide, heat: SlideHeat, geo: Geometry, markers: Sequence[str],
+    path: Path,
+    slide: Slide,
+    heat: SlideHeat,
+    geo: Geometry,
+    markers: Sequence[str],
     max_size: int = 1100,
 ) -> dict[str, Any]:
     """marker composite | attention | tile score, with legend, colour bars and a title."""
@@ -307,8 +351,17 @@ def render_heatmap_png(
     panel_w = 4.6
     fig = plt.figure(figsize=(3 * panel_w, panel_w * aspect + 1.6), dpi=110)
     fig.patch.set_facecolor("black")
-    grid = fig.add_gridspec(2, 3, height_ratios=[panel_w * aspect, 0.55], hspace=0.28,
-                            wspace=0.12, left=0.04, right=0.98, top=0.9, bottom=0.03)
+    grid = fig.add_gridspec(
+        2,
+        3,
+        height_ratios=[panel_w * aspect, 0.55],
+        hspace=0.28,
+        wspace=0.12,
+        left=0.04,
+        right=0.98,
+        top=0.9,
+        bottom=0.03,
+    )
     axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
     bottom = [fig.add_subplot(grid[1, i]) for i in range(3)]
     dim = rgb * 0.5
@@ -320,8 +373,10 @@ def render_heatmap_png(
         ax.set_ylim(ext_h, 0)
         ax.tick_params(colors="0.75", labelsize=7)
         ax.set_xlabel("µm", color="0.75", fontsize=8, labelpad=1)
-    for ax, ras, cmap, norm in ((axes[1], att_r, att_cmap, att_norm),
-                                (axes[2], sc_r, sc_cmap, sc_norm)):
+    for ax, ras, cmap, norm in (
+        (axes[1], att_r, att_cmap, att_norm),
+        (axes[2], sc_r, sc_cmap, sc_norm),
+    ):
         rgba = cmap(norm(np.nan_to_num(ras, nan=0.0)))
         rgba[..., 3] = np.where(np.isfinite(ras), 0.75, 0.0)
         ax.imshow(rgba, extent=r_ext, interpolation="nearest")
@@ -329,12 +384,20 @@ def render_heatmap_png(
     axes[1].set_title("attention", color="white", fontsize=10)
     axes[2].set_title("tile score", color="white", fontsize=10)
     handles = [Patch(color=c, label=n) for n, c in zip(names, colours, strict=True)]
-    handles += [Patch(facecolor="none", edgecolor="0.5", label=f"{m}: not on slide")
-                for m in absent]
+    handles += [
+        Patch(facecolor="none", edgecolor="0.5", label=f"{m}: not on slide") for m in absent
+    ]
     bottom[0].axis("off")
-    leg = bottom[0].legend(handles=handles, loc="center", ncol=min(len(handles), 3),
-                           fontsize=8, frameon=False, labelcolor="white", handlelength=1.2,
-                           title="marker -> colour")
+    leg = bottom[0].legend(
+        handles=handles,
+        loc="center",
+        ncol=min(len(handles), 3),
+        fontsize=8,
+        frameon=False,
+        labelcolor="white",
+        handlelength=1.2,
+        title="marker -> colour",
+    )
     leg.get_title().set_color("white")
     leg.get_title().set_fontsize(8)
     for cax, cmap, norm, label in (
@@ -342,8 +405,14 @@ def render_heatmap_png(
         (bottom[2], sc_cmap, sc_norm, "tile logit (< 0 against response, > 0 for)"),
     ):
         pos = cax.get_position()
-        cax.set_position((pos.x0 + 0.1 * pos.width, pos.y0 + 0.55 * pos.height,
-                          0.8 * pos.width, 0.3 * pos.height))
+        cax.set_position(
+            (
+                pos.x0 + 0.1 * pos.width,
+                pos.y0 + 0.55 * pos.height,
+                0.8 * pos.width,
+                0.3 * pos.height,
+            )
+        )
         cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
         cb.set_label(label, color="white", fontsize=8)
         cb.ax.tick_params(colors="white", labelsize=7)
@@ -364,13 +433,23 @@ def render_heatmap_png(
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
-    return {"limits": {"low": lo.tolist(), "high": hi.tolist()}, "channels": idx,
-            "colours": colours, "names": names, "display_mpp": dmpp}
+    return {
+        "limits": {"low": lo.tolist(), "high": hi.tolist()},
+        "channels": idx,
+        "colours": colours,
+        "names": names,
+        "display_mpp": dmpp,
+    }
 
 
 def render_top_tiles(
-    path: Path, slide: Slide, heat: SlideHeat, geo: Geometry, style: dict[str, Any],
-    k: int = 16, tile_px: int = 128,
+    path: Path,
+    slide: Slide,
+    heat: SlideHeat,
+    geo: Geometry,
+    style: dict[str, Any],
+    k: int = 16,
+    tile_px: int = 128,
 ) -> list[int]:
     """A montage of the ``k`` most attended tiles (composite colours, labelled)."""
     import matplotlib
@@ -389,8 +468,9 @@ def render_top_tiles(
     hi = np.asarray(style["limits"]["high"], np.float32)
     cols = min(len(order), 4)
     rows = math.ceil(len(order) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.45 * rows + 0.5), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.2 * cols, 2.45 * rows + 0.5), dpi=110, squeeze=False
+    )
     fig.patch.set_facecolor("black")
     rel = heat.attention_rel
     for ax in axes.ravel():
@@ -400,10 +480,14 @@ def render_top_tiles(
         y, x = int(round(y_um / mmpp)), int(round(x_um / mmpp))
         img = read_resampled(slide, mmpp, y, x, px, px, style["channels"])
         ax.imshow(compose(img, style["colours"], lo, hi), interpolation="nearest")
-        ax.set_title(f"#{r}  attn {rel[i]:.2f}x\nscore {heat.score[i]:+.2f}", color="white",
-                     fontsize=8)
-    fig.suptitle(f"{heat.slide_id}: top {len(order)} attended tiles ({side_um:g} µm)",
-                 color="white", fontsize=9)
+        ax.set_title(
+            f"#{r}  attn {rel[i]:.2f}x\nscore {heat.score[i]:+.2f}", color="white", fontsize=8
+        )
+    fig.suptitle(
+        f"{heat.slide_id}: top {len(order)} attended tiles ({side_um:g} µm)",
+        color="white",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     x = 0.5 - 0.06 * len(style["names"])
     for name, col in zip(style["names"], style["colours"], strict=True):
@@ -422,8 +506,12 @@ def render_top_tiles(
 
 
 def write_slide_heatmaps(
-    heat: SlideHeat, out_dir: Path, markers: Sequence[str] = ("DAPI", "PanCK", "CD8"),
-    top_k: int = 16, images: bool = True, max_side: int = 16384,
+    heat: SlideHeat,
+    out_dir: Path,
+    markers: Sequence[str] = ("DAPI", "PanCK", "CD8"),
+    top_k: int = 16,
+    images: bool = True,
+    max_side: int = 16384,
 ) -> dict[str, str]:
     """Every per-slide output; returns {kind: file name relative to ``out_dir``}."""
     from immunoplex.predict import atomic_path, atomic_write_text
@@ -447,11 +535,20 @@ def write_slide_heatmaps(
         if len(heat.coords):
             render_top_tiles(out_dir / "top_tiles.png", slide, heat, geo, style, k=top_k)
             files["montage"] = "top_tiles.png"
-        atomic_write_text(out_dir / "heatmap.json", json.dumps({
-            "slide_id": heat.slide_id, "level0_shape": list(geo.level0),
-            "level0_mpp": geo.slide_mpp, "tiling_mpp": geo.tiling_mpp,
-            "tile_to_level0": geo.tile_to_level0, "ome_tiff": info,
-            "composite": {"markers": style["names"], "colours": style["colours"]},
-        }, indent=1))
+        atomic_write_text(
+            out_dir / "heatmap.json",
+            json.dumps(
+                {
+                    "slide_id": heat.slide_id,
+                    "level0_shape": list(geo.level0),
+                    "level0_mpp": geo.slide_mpp,
+                    "tiling_mpp": geo.tiling_mpp,
+                    "tile_to_level0": geo.tile_to_level0,
+                    "ome_tiff": info,
+                    "composite": {"markers": style["names"], "colours": style["colours"]},
+                },
+                indent=1,
+            ),
+        )
         files["heatmap_info"] = "heatmap.json"
     return files

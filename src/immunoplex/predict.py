@@ -182,11 +182,16 @@ class Predictor:
         """
         if override not in (None, "auto"):
             req = [str(m) for m in override]
-            unknown = [m for m in req if self.panel.canonical(m) not in
-                       {self.panel.canonical(p) for p in self.panel.markers}]
+            unknown = [
+                m
+                for m in req
+                if self.panel.canonical(m)
+                not in {self.panel.canonical(p) for p in self.panel.markers}
+            ]
             if unknown:
-                raise ConfigError(f"required_markers {unknown} are not in the model's panel "
-                                  f"{self.panel.markers}")
+                raise ConfigError(
+                    f"required_markers {unknown} are not in the model's panel {self.panel.markers}"
+                )
             return req
         if stored is not None:
             return [str(m) for m in stored]
@@ -257,9 +262,12 @@ def _slides_in_folder(folder: Path) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES):
-            out.append(p)
-        elif p.is_dir() and is_folder_slide(p):
+        if (
+            p.is_file()
+            and p.name.lower().endswith(SLIDE_SUFFIXES)
+            or p.is_dir()
+            and is_folder_slide(p)
+        ):
             out.append(p)
     return out
 
@@ -283,9 +291,7 @@ def collect_inputs(
     if kind == "auto":
         if path.is_file() and path.name.lower().endswith(MANIFEST_SUFFIXES):
             kind = "manifest"
-        elif path.is_file():
-            kind = "slide"
-        elif is_folder_slide(path):
+        elif path.is_file() or is_folder_slide(path):
             kind = "slide"
         else:
             kind = "folder"
@@ -317,9 +323,13 @@ def _manifest_inputs(
 ) -> list[PatientInput]:
     from immunoplex.cohort import load_cohort
 
-    header = pd.read_csv(path, nrows=0, sep="\t" if path.suffix.lower() in {".tsv", ".txt"}
-                         else ",").columns if path.suffix.lower() != ".parquet" else \
-        pd.read_parquet(path).columns
+    header = (
+        pd.read_csv(
+            path, nrows=0, sep="\t" if path.suffix.lower() in {".tsv", ".txt"} else ","
+        ).columns
+        if path.suffix.lower() != ".parquet"
+        else pd.read_parquet(path).columns
+    )
     cols = [c for c in clinical_columns if c in set(header)]
     coh = load_cohort(path, cols)
     has_cohort = "cohort" in set(header)
@@ -355,7 +365,9 @@ def read_clinical_table(path: str | Path, columns: Sequence[str]) -> dict[str, d
     sep = "\t" if p.suffix.lower() in {".tsv", ".txt"} else ","
     df = pd.read_csv(p, sep=sep, dtype={"patient_id": str})
     if "patient_id" not in df.columns:
-        raise ManifestError(f"{p}: clinical table needs a patient_id column; has {list(df.columns)}")
+        raise ManifestError(
+            f"{p}: clinical table needs a patient_id column; has {list(df.columns)}"
+        )
     out: dict[str, dict[str, float]] = {}
     for i, row in enumerate(df.itertuples(index=False), start=2):
         vals: dict[str, float] = {}
@@ -408,8 +420,9 @@ def prepare_expression(
             f"{path}: no sample id matches a patient to predict (first ids: {ids[:3]})"
         )
     norm = pred.expression_norm
-    fills = dict(zip(norm.genes, (norm.fill_mean if norm.fill_mean is not None else []),
-                     strict=False))
+    fills = dict(
+        zip(norm.genes, (norm.fill_mean if norm.fill_mean is not None else []), strict=False)
+    )
     aligned, report = harmonise_genes(
         values, pred.genes, allow_missing=allow_missing_genes, fill_values=fills, source=path
     )
@@ -515,8 +528,11 @@ def tile_scores(model: Any, mb: Mapping[str, torch.Tensor], chunk: int = 2048) -
     for a in range(0, emb.shape[0], chunk):
         e = emb[a : a + chunk]
         m = e.shape[0]
-        single = {k: v.expand(m, *v.shape[1:]) for k, v in mb.items()
-                  if k not in ("embeddings", "tile_mask")}
+        single = {
+            k: v.expand(m, *v.shape[1:])
+            for k, v in mb.items()
+            if k not in ("embeddings", "tile_mask")
+        }
         single["embeddings"] = e[:, None, :]
         single["tile_mask"] = torch.ones((m, 1), dtype=torch.bool, device=e.device)
         out.append(model(single)["logit"].float().cpu())
@@ -561,6 +577,9 @@ class PredictOptions:
         d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         assert isinstance(d, dict)
         d = {k: v for k, v in d.items() if k != "hydra"}
+        if "expression_file" in d:  # the config's name (``expression`` is a config group)
+            file = d.pop("expression_file")
+            d["expression"] = d.get("expression") or file
         for key in ("ckpt", "input", "out_dir"):
             if d.get(key) in (None, "", "???"):
                 raise ConfigError(f"predict: {key}=PATH is required")
@@ -577,11 +596,16 @@ class PredictOptions:
     def key_fields(self) -> dict[str, Any]:
         """Options that change a patient's result (part of the resume key)."""
         return {
-            "treatment": self.treatment, "mpp": self.mpp, "heatmaps": self.heatmaps,
-            "markers_for_composite": list(self.markers_for_composite), "top_k": self.top_k,
-            "explain": self.explain, "ig_steps": self.ig_steps,
+            "treatment": self.treatment,
+            "mpp": self.mpp,
+            "heatmaps": self.heatmaps,
+            "markers_for_composite": list(self.markers_for_composite),
+            "top_k": self.top_k,
+            "explain": self.explain,
+            "ig_steps": self.ig_steps,
             "allow_missing_genes": self.allow_missing_genes,
-            "required_markers": self.required_markers, "counterfactual": self.counterfactual,
+            "required_markers": self.required_markers,
+            "counterfactual": self.counterfactual,
             "version": RESULT_VERSION,
         }
 
@@ -602,8 +626,7 @@ class PatientContext:
 def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, dict[str, Any]]:
     """Tile (or load from cache) one slide in the model's panel; its info for the output."""
     pred = ctx.pred
-    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp,
-                                 required=pred.required)
+    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp, required=pred.required)
     missing = [m for m, ok in zip(ts.channels, ts.present, strict=True) if not ok]
     info = {
         "slide_id": s.slide_id,
@@ -615,8 +638,9 @@ def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, 
         "mpp_override": s.mpp,
     }
     if missing:
-        log.warning("%s: degraded mode, markers missing %s (zero-filled and masked)",
-                    s.slide_id, missing)
+        log.warning(
+            "%s: degraded mode, markers missing %s (zero-filled and masked)", s.slide_id, missing
+        )
     if len(ts.coords) == 0:
         log.warning("%s: no tissue tiles; the slide contributes no image input", s.slide_id)
         return None, info
@@ -647,13 +671,19 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     clin.update(ctx.clinical_table.get(p.patient_id, {}))
     expr = ctx.expression.values.get(p.patient_id)
     rec = PatientRecord(
-        patient_id=p.patient_id, label=p.label, treatment=t_idx, cohort=p.cohort or "",
-        clinical=clinical_vector(pred, clin), expression=expr, slides=slides,
+        patient_id=p.patient_id,
+        label=p.label,
+        treatment=t_idx,
+        cohort=p.cohort or "",
+        clinical=clinical_vector(pred, clin),
+        expression=expr,
+        slides=slides,
     )
     if rec.n_tiles == 0 and (expr is None or "expression" not in pred.modalities):
         raise ImmunoplexError(
             f"patient {p.patient_id}: no usable input (no tissue tiles"
-            + (f"; {errors[0]}" if errors else "") + ", no expression)"
+            + (f"; {errors[0]}" if errors else "")
+            + ", no expression)"
         )
     ds = PatientBagDataset([rec], len(pred.markers), pred.n_genes, bag_size=None)
     batch = collate_bags([ds[0]])
@@ -664,8 +694,11 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
         out = model(mb)
         logit = float(out["logit"][0])
         attn = out.get("attention")
-        attention = (attn[0, : rec.n_tiles].float().cpu().numpy() if attn is not None and slides
-                     else np.zeros(0, np.float32))
+        attention = (
+            attn[0, : rec.n_tiles].float().cpu().numpy()
+            if attn is not None and slides
+            else np.zeros(0, np.float32)
+        )
         cf = None
         if opts.counterfactual and len(pred.treatments) > 1:
             cf = model.counterfactual_logits(mb)[0].float().cpu().numpy()
@@ -674,18 +707,34 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     if opts.explain:
         from immunoplex.explain import explain_patient
 
-        explanation = explain_patient(pred, batch, mb, logit, steps=opts.ig_steps,
-                                      chunk=opts.chunk_size, top_genes=opts.top_genes)
+        explanation = explain_patient(
+            pred,
+            batch,
+            mb,
+            logit,
+            steps=opts.ig_steps,
+            chunk=opts.chunk_size,
+            top_genes=opts.top_genes,
+        )
     prob = 1.0 / (1.0 + math.exp(-logit))
-    row = _result_row(pred, p, rec, infos, logit, prob, cf, t_name, t_src, errors,
-                      ctx.expression.report)
+    row = _result_row(
+        pred, p, rec, infos, logit, prob, cf, t_name, t_src, errors, ctx.expression.report
+    )
     slide_files = _write_slide_results(ctx, p, slides, infos, attention, scores, prob)
     return {"row": row, "slides": slide_files, "explanation": explanation}
 
 
 def _result_row(
-    pred: Predictor, p: PatientInput, rec: PatientRecord, infos: list[dict[str, Any]],
-    logit: float, prob: float, cf: np.ndarray | None, t_name: str, t_src: str, errors: list[str],
+    pred: Predictor,
+    p: PatientInput,
+    rec: PatientRecord,
+    infos: list[dict[str, Any]],
+    logit: float,
+    prob: float,
+    cf: np.ndarray | None,
+    t_name: str,
+    t_src: str,
+    errors: list[str],
     report: GeneReport | None,
 ) -> dict[str, Any]:
     used_sets = [set(i["markers_used"]) for i in infos if i["n_tiles"] > 0]
@@ -724,8 +773,13 @@ def _result_row(
 
 
 def _write_slide_results(
-    ctx: PatientContext, p: PatientInput, slides: list[SlideTiles], infos: list[dict[str, Any]],
-    attention: np.ndarray, scores: np.ndarray, prob: float,
+    ctx: PatientContext,
+    p: PatientInput,
+    slides: list[SlideTiles],
+    infos: list[dict[str, Any]],
+    attention: np.ndarray,
+    scores: np.ndarray,
+    prob: float,
 ) -> list[dict[str, Any]]:
     """Per slide: tiles.csv (level-0 boxes, attention, score), heatmaps, slide.json."""
     from immunoplex.heatmaps import SlideHeat, write_slide_heatmaps
@@ -748,15 +802,26 @@ def _write_slide_results(
             offset += n
             src = next(s for s in p.slides if s.slide_id == sid)
             heat = SlideHeat(
-                slide_id=sid, path=src.path, mpp_override=src.mpp, coords=st.coords,
-                tile_size=pred.params.tile_size, tiling_mpp=pred.params.mpp,
-                attention=a.astype(np.float64), score=sc.astype(np.float64),
-                n_patient_tiles=n_total, patient_id=p.patient_id, probability=prob,
+                slide_id=sid,
+                path=src.path,
+                mpp_override=src.mpp,
+                coords=st.coords,
+                tile_size=pred.params.tile_size,
+                tiling_mpp=pred.params.mpp,
+                attention=a.astype(np.float64),
+                score=sc.astype(np.float64),
+                n_patient_tiles=n_total,
+                patient_id=p.patient_id,
+                probability=prob,
                 aliases=dict(pred.panel.aliases or {}),
             )
             files = write_slide_heatmaps(
-                heat, d, markers=opts.markers_for_composite, top_k=opts.top_k,
-                images=opts.heatmaps, max_side=opts.heatmap_max_side,
+                heat,
+                d,
+                markers=opts.markers_for_composite,
+                top_k=opts.top_k,
+                images=opts.heatmaps,
+                max_side=opts.heatmap_max_side,
             )
         record = {**info, "patient_id": p.patient_id, "files": files}
         atomic_write_text(d / "slide.json", json.dumps(to_json(record), indent=1))
@@ -772,7 +837,9 @@ def patient_key(ctx: PatientContext, p: PatientInput) -> str:
         "ckpt": ctx.pred.fingerprint,
         "opts": ctx.opts.key_fields(),
         "slides": [(s.slide_id, slide_fingerprint(s.path), s.mpp) for s in p.slides],
-        "cohort": p.cohort, "treatment": p.treatment, "label": p.label,
+        "cohort": p.cohort,
+        "treatment": p.treatment,
+        "label": p.label,
         "clinical": sorted({**p.clinical, **ctx.clinical_table.get(p.patient_id, {})}.items()),
     }
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
@@ -820,10 +887,25 @@ def _calibrate(pred: Predictor, df: pd.DataFrame) -> pd.DataFrame:
 
 
 COLUMN_ORDER = [
-    "patient_id", "slide_ids", "label", "cohort", "treatment", "probability",
-    "calibrated_probability", "predicted_class", "prediction_set", "logit", "modalities",
-    "markers_used", "markers_missing", "degraded", "genes_missing", "genes_filled", "n_tiles",
-    "treatment_source", "skipped_slides",
+    "patient_id",
+    "slide_ids",
+    "label",
+    "cohort",
+    "treatment",
+    "probability",
+    "calibrated_probability",
+    "predicted_class",
+    "prediction_set",
+    "logit",
+    "modalities",
+    "markers_used",
+    "markers_missing",
+    "degraded",
+    "genes_missing",
+    "genes_filled",
+    "n_tiles",
+    "treatment_source",
+    "skipped_slides",
 ]
 
 
@@ -833,8 +915,7 @@ def write_predictions(out_dir: Path, df: pd.DataFrame, header: dict[str, Any]) -
     flat = df.copy()
     for col in flat.columns:
         if flat[col].map(lambda v: isinstance(v, list)).any():
-            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if isinstance(v, list)
-                                      else v)
+            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if isinstance(v, list) else v)
     tmp = atomic_path(out_dir / "predictions.csv")
     flat.to_csv(tmp, index=False)
     os.replace(tmp, out_dir / "predictions.csv")
@@ -848,14 +929,17 @@ def predict(cfg: Any) -> pd.DataFrame:
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = Predictor.load(opts.ckpt, opts.device, opts.required_markers)
-    patients = collect_inputs(opts.input, pred.clinical_columns, opts.mpp, opts.input_kind,
-                              opts.cohort)
+    patients = collect_inputs(
+        opts.input, pred.clinical_columns, opts.mpp, opts.input_kind, opts.cohort
+    )
     dup = pd.Series([p.patient_id for p in patients]).duplicated()
     if dup.any():
-        raise ManifestError(f"{opts.input}: patient id {patients[int(dup.idxmax())].patient_id!r} "
-                            "appears twice")
-    expression = prepare_expression(pred, opts.expression, patients, opts.allow_missing_genes,
-                                    opts.small_cohort)
+        raise ManifestError(
+            f"{opts.input}: patient id {patients[int(dup.idxmax())].patient_id!r} appears twice"
+        )
+    expression = prepare_expression(
+        pred, opts.expression, patients, opts.allow_missing_genes, opts.small_cohort
+    )
     clinical = read_clinical_table(opts.clinical, pred.clinical_columns) if opts.clinical else {}
     if opts.treatment is not None:
         treatment_index(pred, opts.treatment)  # fail early on an unknown name
@@ -899,6 +983,10 @@ def predict(cfg: Any) -> pd.DataFrame:
     if opts.explain:
         from immunoplex.explain import write_explanations
 
-        write_explanations(out_dir, {r["row"]["patient_id"]: r.get("explanation")
-                                     for r in results}, pred, top_genes=opts.top_genes)
+        write_explanations(
+            out_dir,
+            {r["row"]["patient_id"]: r.get("explanation") for r in results},
+            pred,
+            top_genes=opts.top_genes,
+        )
     return df

@@ -165,7 +165,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     dm, module, trainer = build(cfg)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: resuming never unpickles arbitrary objects from the checkpoint file.
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     if best is None or not best.is_file():

@@ -12,6 +12,8 @@ from immunoplex.models import (
     CrossAttentionFusion,
     GatedAttentionMIL,
     GatedBilinearFusion,
+    MarkerEncoder,
+    MaxMIL,
     ResponseModel,
     SmallCNN,
     TransformerMIL,
@@ -166,9 +168,29 @@ def test_bf16_autocast_and_channels_last(dims: dict[str, Any]) -> None:
     torch.testing.assert_close(out["logit"], ref, atol=0.1, rtol=0.1)
 
 
-def test_compiles_without_graph_breaks(dims: dict[str, Any]) -> None:
-    model = small_model(dims)
+COMPILE_VARIANTS = {
+    "gated": {},
+    "transformer": {"aggregator": AGGREGATORS["transformer"]},
+    "max_bilinear": {
+        "aggregator": lambda **d: MaxMIL(dim=16, **d),
+        "fusion": lambda **d: GatedBilinearFusion(gate_dim=4, **d),
+    },
+    "marker_cross_attention": {
+        "encoder": lambda **d: MarkerEncoder(stem_width=4, out_dim=16, **d),
+        "expression_encoder": lambda **d: ExpressionEncoder(
+            out_dim=16, gene_sets={"ifng": ["IFNG", "STAT1"]}, **d
+        ),
+        "fusion": lambda **d: CrossAttentionFusion(dim=8, n_heads=2, **d),
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(COMPILE_VARIANTS))
+def test_compiles_without_graph_breaks(dims: dict[str, Any], variant: str) -> None:
+    model = small_model(dims, **COMPILE_VARIANTS[variant])
     batch = make_batch()
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(batch)["logit"], model(batch)["logit"])
+    model.train()  # training-mode paths (modality/channel dropout) compile too
+    compiled(batch)["logit"].sum().backward()

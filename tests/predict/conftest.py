@@ -22,7 +22,6 @@ def train_checkpoint(cohort: Path, out: Path, epochs: int, extra: list[str] | No
 @pytest.fixture(scope="session")
 def trained_ckpt(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default multimodal model, 2 epochs on the tiny cohort (calibrated on validation)."""
-    return Path("/tmp/pw/run_tiny_multimodal_2/model.ckpt")  # DEVHACK
     return train_checkpoint(tiny_cohort, tmp_path_factory.mktemp("run_multimodal"), epochs=2)
 
 
@@ -30,7 +29,10 @@ def trained_ckpt(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def agnostic_ckpt(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The panel-agnostic model (any subset of markers), 2 epochs on the tiny cohort."""
     return train_checkpoint(
-        tiny_cohort, tmp_path_factory.mktemp("run_agnostic"), epochs=2, extra=["model=panel_agnostic"]
+        tiny_cohort,
+        tmp_path_factory.mktemp("run_agnostic"),
+        epochs=2,
+        extra=["model=panel_agnostic"],
     )
 
 

@@ -26,9 +26,16 @@ def heat(tiny_cohort: Path) -> SlideHeat:
     rng = np.random.default_rng(0)
     att = rng.random(n)
     return SlideHeat(
-        slide_id="S0003", path=path, coords=grid.coords, tile_size=16, tiling_mpp=2.0,
-        attention=att / att.sum(), score=rng.normal(size=n), n_patient_tiles=n,
-        patient_id="P0003", probability=0.7,
+        slide_id="S0003",
+        path=path,
+        coords=grid.coords,
+        tile_size=16,
+        tiling_mpp=2.0,
+        attention=att / att.sum(),
+        score=rng.normal(size=n),
+        n_patient_tiles=n,
+        patient_id="P0003",
+        probability=0.7,
     )
 
 
@@ -91,7 +98,8 @@ def test_ome_tiff_covers_the_slide_exactly(heat: SlideHeat, tmp_path: Path) -> N
 
 def test_tile_raster_averages_overlapping_tiles() -> None:
     geo = Geometry(level0=(8, 8), slide_mpp=1.0, tiling_shape=(8, 8), tiling_mpp=1.0)
-    heat = SlideHeat("s", Path("x"), np.array([[0, 0], [0, 2]]), 4, 1.0, np.array([1.0, 3.0]),
-                     np.zeros(2), 2)
+    heat = SlideHeat(
+        "s", Path("x"), np.array([[0, 0], [0, 2]]), 4, 1.0, np.array([1.0, 3.0]), np.zeros(2), 2
+    )
     r = tile_raster(heat, geo, heat.attention)
     assert r[0, 0] == 1.0 and r[0, 3] == 2.0 and r[0, 5] == 3.0 and np.isnan(r[6, 6])

@@ -3,9 +3,10 @@
     python train_driver.py COHORT OUT_DIR [--epochs N] [--kill-at-step K] [--resume CKPT]
         [override ...]
 
-``--kill-at-step K`` kills the process with SIGKILL (no clean-up of any kind) right after the
-optimiser step that makes ``trainer.global_step == K``, before any checkpoint of that step is
-written, exactly like an OOM killer or a pre-empted SLURM job.
+``--kill-at-step K`` kills the process with SIGKILL (no clean-up of any kind) at the end of the
+training batch that makes ``trainer.global_step == K``, after the checkpoint callbacks of that
+batch ran, exactly like an OOM killer or a pre-empted SLURM job. ``--step-checkpoints N`` adds a
+second atomic ModelCheckpoint writing ``checkpoints/step-latest.ckpt`` every N steps.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--kill-at-step", type=int, default=None)
     ap.add_argument("--resume", default=None)
+    ap.add_argument("--step-checkpoints", type=int, default=0)
     args, extra = ap.parse_known_args()
     overrides = [
         f"data.root={args.cohort}",
@@ -60,6 +62,16 @@ def main() -> None:
         "~callbacks.early_stopping",
         *extra,
     ]
+    if args.step_checkpoints:
+        step = "+callbacks.step_checkpoint."
+        overrides += [
+            f"{step}_target_=immunoplex.training.callbacks.AtomicModelCheckpoint",
+            f"{step}dirpath=${{paths.output_dir}}/checkpoints",
+            f"{step}filename=step-latest",
+            f"{step}monitor=null",
+            f"{step}save_top_k=1",
+            f"{step}every_n_train_steps={args.step_checkpoints}",
+        ]
     if args.resume:
         overrides.append(f"ckpt_path={args.resume}")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -74,7 +86,7 @@ def main() -> None:
     def build_with_killer(c: Any) -> Any:
         dm, module, trainer = build(c)
         if args.kill_at_step is not None:
-            trainer.callbacks.insert(0, KillAtStep(args.kill_at_step))
+            trainer.callbacks.append(KillAtStep(args.kill_at_step))
         return dm, module, trainer
 
     train_mod.build = build_with_killer  # type: ignore[assignment]

@@ -17,8 +17,9 @@ def _summary(df, out_dir: str) -> str:  # type: ignore[no-untyped-def]
         cal = getattr(row, "calibrated_probability", float("nan"))
         extra = f", calibrated {cal:.3f}" if cal == cal else ""
         miss = f"; missing markers {row.markers_missing}" if row.markers_missing else ""
-        lines.append(f"  {row.patient_id}: p={row.probability:.3f}{extra} "
-                     f"({row.predicted_class}){miss}")
+        lines.append(
+            f"  {row.patient_id}: p={row.probability:.3f}{extra} ({row.predicted_class}){miss}"
+        )
     if len(df) > 10:
         lines.append(f"  ... {len(df) - 10} more")
     return "\n".join(lines)
@@ -36,8 +37,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(_summary(df, str(cfg.out_dir)))
 
 
+# Top-level keys that collide with a config group name: `expression=PATH` would be read by Hydra
+# as a choice in the `expression/` group, so it is passed on as `expression_file=PATH`.
+ARG_ALIASES = {"expression": "expression_file"}
+
+
+def rewrite_args(argv: list[str]) -> list[str]:
+    """``expression=PATH`` -> ``expression_file=PATH`` (other arguments unchanged)."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        out.append(f"{ARG_ALIASES[key]}={value}" if sep and key in ARG_ALIASES else arg)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
+    sys.argv[1:] = rewrite_args(sys.argv[1:])
     _hydra_main()
 
 

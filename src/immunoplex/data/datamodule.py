@@ -62,12 +62,15 @@ class DataConfig:
     intensity_low: float = 1.0
     intensity_high: float = 99.5
     expression_norm: str = "zscore_cohort"
+    # A cohort with fewer than 3 training samples: "global" (pooled training statistics) or "error".
+    expression_small_cohort: str = "global"
     clinical_columns: Sequence[str] = ()
     treatments: Sequence[str] | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     bag_size: int = 64
     max_eval_tiles: int | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # per device
+    global_batch_size: int | None = None  # if set: per-device batch = global // world size
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = False
@@ -250,7 +253,9 @@ class ResponseDataModule(L.LightningDataModule):
         if not fit_ids:
             raise ManifestError(f"{table.source}: no training patient has expression")
         self.genes = list(values.columns)
-        norm = ExpressionNormalizer(method=self.cfg.expression_norm)
+        norm = ExpressionNormalizer(
+            method=self.cfg.expression_norm, small_cohort=self.cfg.expression_small_cohort
+        )
         norm.fit(values.loc[fit_ids], cohorts.loc[fit_ids])
         self.expression_norm = norm
         matrix = norm.transform(values, cohorts)
@@ -391,13 +396,19 @@ class ResponseDataModule(L.LightningDataModule):
         workers = self.cfg.num_workers
         return DataLoader(
             ds,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.per_device_batch_size(world),
             sampler=sampler,
             collate_fn=collate_bags,
             num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.cfg.persistent_workers and workers > 0,
         )
+
+    def per_device_batch_size(self, world_size: int) -> int:
+        """Per-device batch size: fixed, or the global batch divided over the ranks."""
+        if self.cfg.global_batch_size:
+            return max(1, int(self.cfg.global_batch_size) // max(world_size, 1))
+        return int(self.cfg.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -165,7 +165,8 @@ class ResponseModel(nn.Module):
             return batch["embeddings"]
         tiles = batch["tiles"]
         b, n, c, t1, t2 = tiles.shape
-        tiles = torch.where(mask[:, :, None, None, None], tiles, torch.zeros((), dtype=tiles.dtype))
+        zero = torch.zeros((), dtype=tiles.dtype, device=tiles.device)
+        tiles = torch.where(mask[:, :, None, None, None], tiles, zero)
         cm = batch.get("channel_mask")
         flat_cm = None if cm is None else cm.bool()[:, None, :].expand(b, n, c).reshape(b * n, c)
         h = self.embed_tiles(tiles.reshape(b * n, c, t1, t2), flat_cm)

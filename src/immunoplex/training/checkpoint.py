@@ -94,12 +94,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "immunoplex" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not an immunoplex checkpoint (no 'immunoplex' section)")
     meta = ckpt["immunoplex"]
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: the 'immunoplex' section is not a mapping")
+    if not isinstance(ckpt["state_dict"], Mapping):
+        raise CheckpointError(f"{path}: state_dict is not a mapping of tensors")
+    model_cfg = meta.get("model")
+    if not isinstance(model_cfg, Mapping) or "_target_" not in model_cfg:
+        raise CheckpointError(f"{path}: the model config is not a mapping with a _target_")
+    if not isinstance(meta.get("dims", {}), Mapping):
+        raise CheckpointError(f"{path}: dims is not a mapping")
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint schema {meta.get('schema_version')} is newer than this "
             f"immunoplex ({SCHEMA_VERSION}); upgrade immunoplex"
         )
-    check_targets(meta.get("model", {}), f"{path}: model")
+    check_targets(model_cfg, f"{path}: model")
     return ckpt
 
 
@@ -109,7 +118,11 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> torch.nn.Module:
     model = build_model(meta["model"], meta["dims"])
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        reason = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint weights do not fit the model ({reason[:200]})") from err
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint weights do not fit the model: missing {missing[:3]}, "

@@ -1,0 +1,33 @@
+"""Expression-only torch model used by the LOCO driver (plain training loop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+from immunoplex.expression_mlp import MLPConfig, TorchExpressionModel  # noqa: E402
+
+
+@pytest.mark.slow  # torch start-up and training: ~5-25 s on 2 busy cores
+def test_mlp_fits_signal_and_uses_training_statistics_only() -> None:
+    rng = np.random.default_rng(0)
+    n, p = 80, 10
+    x = rng.normal(size=(n, p))
+    y = (x[:, 0] > 0).astype(int)
+    idx = [f"p{i}" for i in range(n)]
+    df = pd.DataFrame(x, index=idx, columns=[f"G{j}" for j in range(p)])
+    labels = pd.Series(y, index=idx)
+    labels.iloc[:5] = -1
+    cohorts = pd.Series(np.repeat(["A", "B"], n // 2), index=idx)
+    cfg = MLPConfig(epochs=60, lr=3e-3, seeds=(0,), threads=1)
+    model = TorchExpressionModel(cfg).fit(df.iloc[:60], labels.iloc[:60], cohorts.iloc[:60])
+    assert set(model.normalizer.cohort_stats) == {"A", "B"}
+    assert model.normalizer.cohort_stats["B"][2] == 20  # only the training rows of B
+    prob = model.predict_proba(df.iloc[60:], ["NEW"] * 20)
+    assert prob.shape == (20,) and ((prob >= 0) & (prob <= 1)).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y[60:], prob) > 0.8
