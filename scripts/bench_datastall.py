@@ -1,7 +1,7 @@
 """Data stall: training throughput with the real DataLoader (cached tiles, ResponseDataModule)
 against the same model and step fed one batch tensor already on the device.
 
-    python scripts/bench_datastall.py [--device cuda] [--workers N] [--reps 5] [--quick]
+    python scripts/bench_datastall.py [--device cuda] [--workers N] [--reps 3] [--quick]
 
 Side "loader": one epoch over ``dm.train_dataloader()`` (bags cut from the memory-mapped tile
 cache, collated, copied to the device) with the plain training step. Side "on-device": the same
@@ -22,9 +22,8 @@ def main() -> None:
     ap = benchlib.parser(__doc__)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (config: 0)")
     args = ap.parse_args()
-    benchlib.print_machine()
-    device = benchlib.device_of(args.device)
-    reps = args.reps or (1 if args.quick else 5)
+    device = benchlib.start(args)
+    reps = args.reps or (1 if args.quick else 3)
     cohort = benchlib.bench_cohort(args)
     out = tempfile.mkdtemp(prefix="stall-", dir=args.cache)
     over = benchlib.train_overrides(cohort, args.cache, device, benchlib.Path(out))

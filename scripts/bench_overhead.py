@@ -1,7 +1,7 @@
 """Framework overhead: our Lightning training (ResponseModule + Trainer + configured logging)
 against a plain PyTorch loop with the same model, data, seed and per-step RNG re-seeding.
 
-    python scripts/bench_overhead.py [--device cuda] [--reps 5] [--epochs 4] [--quick]
+    python scripts/bench_overhead.py [--device cuda] [--reps 3] [--epochs 3] [--quick]
 
 Both sides train from the same initial weights on the same DataLoader (default multimodal model,
 synthetic cohort, CSV logger as configured; validation and checkpoint callbacks off, since they
@@ -51,11 +51,10 @@ class EpochTimer(L.Callback):
 
 def main() -> None:
     ap = benchlib.parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
-    benchlib.print_machine()
-    device = benchlib.device_of(args.device)
-    reps = args.reps or (1 if args.quick else 5)
+    device = benchlib.start(args)
+    reps = args.reps or (1 if args.quick else 3)
     epochs = 2 if args.quick else args.epochs
     if args.quick:
         cohort = benchlib.synthetic_cohort(args.cache, "cohort_tiny", size="tiny")

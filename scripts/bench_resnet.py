@@ -58,14 +58,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
     args = ap.parse_args()
-    benchlib.print_machine()
-    device = benchlib.device_of(args.device)
+    device = benchlib.start(args)
     gpu = device.type == "cuda"
     tile = args.tile or (224 if gpu else (32 if args.quick else 64))
     b = args.patients or (4 if gpu else 2)
-    n = args.bag or (64 if gpu else (2 if args.quick else 8))
-    steps = args.steps or (20 if gpu else (1 if args.quick else 3))
-    reps = args.reps or (1 if args.quick else 5)
+    n = args.bag or (64 if gpu else (2 if args.quick else 4))
+    steps = args.steps or (20 if gpu else (1 if args.quick else 2))
+    reps = args.reps or (1 if args.quick else (5 if gpu else 3))
     bf16 = gpu and not args.fp32
     print(f"{'GPU' if gpu else 'CPU (reduced)'}: {b}x{n} = {b * n} tiles/step of {tile}x{tile}, "
           f"{'bf16 autocast' if bf16 else 'fp32'}, channels_last, compile={args.compile}, "

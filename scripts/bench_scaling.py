@@ -82,9 +82,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="patients in the small cohort (N)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="slide sides for memory")
     args = ap.parse_args()
-    benchlib.print_machine()
-    benchlib.device_of(args.device)
-    n = args.n or (2 if args.quick else 6)
+    benchlib.start(args)
+    n = args.n or (4 if args.quick else 6)
     reps = args.reps or (1 if args.quick else 3)
     sizes = args.sizes or ([512, 1024] if args.quick else [2000, 4000, 8000])
     preset = "tiny" if args.quick else "small"

@@ -2,7 +2,7 @@
 same cohort, and embedding extraction (``immunoplex.embed.embed_slide``) against pure encoder
 inference on device tensors.
 
-    python scripts/bench_twostage.py [--device cuda] [--reps 5] [--quick]
+    python scripts/bench_twostage.py [--device cuda] [--reps 3] [--quick]
 
 Epochs: the plain training step (as in bench_overhead) over ``dm.train_dataloader()``, end to end
 (default config) and two-stage (``experiment=two_stage``: frozen encoder, embeddings cached once
@@ -29,9 +29,8 @@ from immunoplex.embed import build_encoder, embed_slide
 def main() -> None:
     ap = benchlib.parser(__doc__)
     args = ap.parse_args()
-    benchlib.print_machine()
-    device = benchlib.device_of(args.device)
-    reps = args.reps or (1 if args.quick else 5)
+    device = benchlib.start(args)
+    reps = args.reps or (1 if args.quick else 3)
     cohort = benchlib.bench_cohort(args)
     out = Path(tempfile.mkdtemp(prefix="twostage-", dir=args.cache))
     base = benchlib.train_overrides(cohort, args.cache, device, out)

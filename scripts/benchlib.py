@@ -68,7 +68,18 @@ def parser(description: str | None, quick_help: str = "tiny setting for the smok
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions per side")
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--cache", type=Path, default=CACHE, help="cache dir (outside the repo)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's; 1 on an oversubscribed host)")
     return ap
+
+
+def start(args: argparse.Namespace) -> torch.device:
+    """Apply --threads, print the machine and command, return the requested device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_machine()
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    return device_of(args.device)
 
 
 def device_of(name: str) -> torch.device:

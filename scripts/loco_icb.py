@@ -15,6 +15,7 @@ bootstrap 95% CI, pooled AUROC over all held-out predictions, and paired pooled 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -127,6 +128,23 @@ def _report(args: argparse.Namespace, prepared, result, summary, norm_cfg, final
         "Small cohorts (Riaz 4 R, Padron 3 R) give very wide intervals; differences between "
         "methods should be read from the pooled paired comparison, not from single cohorts.",
         "",
+        "## Using the saved model on a new cohort",
+        "",
+        "The run also saves the elastic-net trained on all seven cohorts (normaliser + gene list "
+        "+ coefficients, JSON) to `data/icb/expression_elasticnet.json` (`--model-out`):",
+        "",
+        "```python",
+        "import json",
+        "from immunoplex.expression import read_expression",
+        "from immunoplex.linear import predict_expression",
+        "model = json.load(open('data/icb/expression_elasticnet.json'))",
+        "table = read_expression('new_cohort.csv')  # genes x samples or samples x genes",
+        "p = predict_expression(model, table)  # the table is z-scored as one new cohort (>= 3)",
+        "```",
+        "",
+        "Every model gene must be present (an error lists the missing ones) unless "
+        "`allow_missing=True`, which fills them with the training means and says so.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -157,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         norm_cfg = yaml.safe_load(args.normalisation.read_text())
-        prepared = read_prepared(args.prepared) if args.prepared else load_icb_cohorts(args.realdata)
+        prepared = (
+            read_prepared(args.prepared) if args.prepared else load_icb_cohorts(args.realdata)
+        )
         result = run_loco(
             prepared.expression,
             prepared.labels,
@@ -178,10 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ImmunoplexError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    try:
+    with contextlib.suppress(ValueError):
         args.normalisation = args.normalisation.resolve().relative_to(REPO_ROOT)
-    except ValueError:
-        pass
     text = _report(args, prepared, result, summary, norm_cfg, final)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -47,8 +47,10 @@ class PreparedICB:
 
     @property
     def cohorts(self) -> pd.Series:
-        return self.manifest.set_index("patient_id")["cohort"].astype(str).reindex(
-            self.expression.index
+        return (
+            self.manifest.set_index("patient_id")["cohort"]
+            .astype(str)
+            .reindex(self.expression.index)
         )
 
 

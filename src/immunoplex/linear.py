@@ -9,6 +9,7 @@ a JSON-safe dict; :func:`predict_expression` applies it to a new cohort's expres
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from immunoplex.errors import CheckpointError, ExpressionError
-from immunoplex.expression import ExpressionNormalizer, ExpressionTable
+from immunoplex.expression import ExpressionNormalizer, ExpressionTable, harmonise_genes
 
 _KIND = "ElasticNetExpressionModel"
 _VERSION = 1
@@ -102,8 +103,6 @@ def _fit_path(
     s = _sample_weight(y, cfg.class_weight)
     out = []
     if cfg.solver == "saga":
-        import warnings
-
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
@@ -278,10 +277,19 @@ def predict_expression(
     With ``zscore_cohort`` normalisation the table is treated as one new cohort (z-scored by its
     own statistics, so it needs >= 3 samples) unless ``cohorts`` labels are given. Every gene the
     model uses must be present (ExpressionError listing the missing ones) unless
-    ``allow_missing=True``, which fills them with the training means stored in the model.
+    ``allow_missing=True``, which fills them with the training means stored in the model and
+    warns with the list of filled genes.
     """
     values = table.values if isinstance(table, ExpressionTable) else table
+    source = table.source if isinstance(table, ExpressionTable) else "expression table"
     model = ElasticNetExpressionModel.from_dict(model_dict)
+    assert model.normalizer is not None and model.normalizer.fill_mean is not None
+    fills = dict(zip(model.genes, model.normalizer.fill_mean.tolist(), strict=True))
+    values, report = harmonise_genes(
+        values, model.genes, allow_missing=allow_missing, fill_values=fills, source=source
+    )
+    if report.missing:
+        warnings.warn(f"{source}: {report.summary()}", stacklevel=2)
     if cohorts is None:
         cohorts = ["__new__"] * len(values)
     return model.predict_proba(values, cohorts, allow_missing=allow_missing)

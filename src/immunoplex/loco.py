@@ -214,7 +214,9 @@ def markdown_table(result: LocoResult, summary: pd.DataFrame) -> str:
         first = sub.iloc[0]
         name = "**pooled**" if cohort == POOLED else cohort
         cells = [sub.loc[m, "ci"].fmt() for m in result.methods]
-        lines.append(f"| {name} | {first['n_pos']} / {first['n_neg']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {first['n_pos']} / {first['n_neg']} | " + " | ".join(cells) + " |"
+        )
     means = [
         summary[(summary["method"] == m) & (summary["cohort"] != POOLED)]["auroc"].mean()
         for m in result.methods
@@ -223,9 +225,7 @@ def markdown_table(result: LocoResult, summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(
-    result: LocoResult, reference: str, n_boot: int = 2000, seed: int = 0
-) -> str:
+def comparison_table(result: LocoResult, reference: str, n_boot: int = 2000, seed: int = 0) -> str:
     """Pooled AUROC difference (reference - baseline) with a paired bootstrap 95% CI."""
     p = result.predictions
     ref = p[p["method"] == reference].set_index("patient_id")

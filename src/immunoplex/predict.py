@@ -499,9 +499,15 @@ def embed_bag(
 
 
 def model_batch(
-    batch: Mapping[str, torch.Tensor], emb: torch.Tensor | None, device: torch.device
+    batch: Mapping[str, torch.Tensor],
+    emb: torch.Tensor | None,
+    device: torch.device,
+    tile_dim: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The forward batch for one patient, with precomputed tile embeddings (two-stage path)."""
+    """The forward batch for one patient, with precomputed tile embeddings (two-stage path).
+
+    Without tiles the bag is one masked zero embedding of ``tile_dim`` (the image is "missing").
+    """
     out: dict[str, torch.Tensor] = {
         k: batch[k].to(device)
         for k in ("expression", "has_expression", "clinical", "treatment", "channel_mask")
@@ -511,7 +517,7 @@ def model_batch(
         out["tile_mask"] = torch.ones((1, emb.shape[0]), dtype=torch.bool, device=device)
         out["has_image"] = torch.ones(1, dtype=torch.bool, device=device)
     else:
-        dim = 1 if emb is None else emb.shape[1]
+        dim = tile_dim if emb is None else emb.shape[1]
         out["embeddings"] = torch.zeros((1, 1, dim), device=device)
         out["tile_mask"] = torch.zeros((1, 1), dtype=torch.bool, device=device)
         out["has_image"] = torch.zeros(1, dtype=torch.bool, device=device)
@@ -690,7 +696,7 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     uses_image = "image" in pred.modalities
     with torch.no_grad():
         emb = embed_bag(model, batch, dev, opts.chunk_size) if uses_image and slides else None
-        mb = model_batch(batch, emb, dev)
+        mb = model_batch(batch, emb, dev, int(getattr(model, "tile_embedding_dim", 0) or 1))
         out = model(mb)
         logit = float(out["logit"][0])
         attn = out.get("attention")

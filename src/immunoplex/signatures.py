@@ -62,9 +62,11 @@ def _cohort_labels(values: pd.DataFrame, cohorts: pd.Series | Sequence[str] | No
     if cohorts is None:
         return np.zeros(len(values), dtype=object)
     if isinstance(cohorts, pd.Series):
-        arr = cohorts.reindex(values.index).to_numpy() if set(values.index) <= set(
-            cohorts.index
-        ) else cohorts.to_numpy()
+        arr = (
+            cohorts.reindex(values.index).to_numpy()
+            if set(values.index) <= set(cohorts.index)
+            else cohorts.to_numpy()
+        )
     else:
         arr = np.asarray(list(cohorts), dtype=object)
     if len(arr) != len(values):
@@ -94,7 +96,9 @@ def score_signature(
     cols = {str(c).upper(): c for c in values.columns}
     missing = [g for g in sig.genes if g not in cols]
     if missing:
-        raise ExpressionError(f"signature {sig.name}: gene(s) {missing} not in the expression table")
+        raise ExpressionError(
+            f"signature {sig.name}: gene(s) {missing} not in the expression table"
+        )
     x = values[[cols[g] for g in sig.genes]].astype(np.float64)
     if log:
         if (x.to_numpy() < 0).any():

@@ -92,6 +92,9 @@ def test_to_dict_json_roundtrip_and_predict_expression() -> None:
     np.testing.assert_allclose(predict_expression(state, new), expected, rtol=1e-6)
     with pytest.raises(ExpressionError, match=r"missing: .*G3"):
         predict_expression(state, new.drop(columns=["G3"]))
+    with pytest.warns(UserWarning, match=r"1 missing \(filled with training means\): G3"):
+        filled = predict_expression(state, new.drop(columns=["G3"]), allow_missing=True)
+    assert filled.shape == expected.shape
     with pytest.raises(CheckpointError, match="not an ElasticNetExpressionModel"):
         predict_expression({"kind": "x"}, new)
 

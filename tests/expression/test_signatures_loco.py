@@ -36,7 +36,7 @@ def test_single_gene_and_cytolytic_scores() -> None:
     assert score_signature(df, "CD8A").tolist() == [1.0, 1.0, 1.0]
     # CYT on log values: mean of logs = log of the geometric mean.
     assert score_signature(df, "CYT").tolist() == [3.0, 3.0, 1.0]
-    lin = 2.0 ** df - 1.0
+    lin = 2.0**df - 1.0
     cyt = score_signature(lin, "CYT", log=True)
     np.testing.assert_allclose(cyt, [3.0, 3.0, 1.0])
 

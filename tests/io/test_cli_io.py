@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import CONFIGS, synthetic_image, write_ome
+from tests.io.conftest import CONFIGS, synthetic_image, write_ome
 from immunoplex.cli.inspect import main as inspect_main
 from immunoplex.cli.tile import tile_cohort
 from immunoplex.errors import ManifestError

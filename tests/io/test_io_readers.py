@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import synthetic_image, write_ome
+from tests.io.conftest import synthetic_image, write_ome
 from immunoplex.errors import ResolutionError
 from immunoplex.io import Slide, open_slide
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import synthetic_image, write_ome
+from tests.io.conftest import synthetic_image, write_ome
 from immunoplex.errors import ConfigError, ResolutionError
 from immunoplex.io import open_slide
 from immunoplex.tiling import (

@@ -303,3 +303,34 @@ def test_cli_writes_into_out_dir(trained_ckpt: Path, tiny_cohort: Path, tmp_path
     assert "S0004: p=" in proc.stdout
     assert (out / "predictions.csv").is_file() and not (out / ".hydra").exists()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_slide_without_tissue_falls_back_to_expression(
+    trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    names = ["DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b"]
+    blank = tmp_path / "blank.ome.tif"
+    meta = {"axes": "CYX", "Channel": {"Name": names}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    tifffile.imwrite(
+        blank, np.zeros((7, 256, 256), np.uint16), photometric="minisblack", metadata=meta, ome=True
+    )
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(
+        {"slide_id": ["B1"], "patient_id": ["P0001"], "image": [str(blank)], "cohort": ["site_A"]}
+    ).to_csv(manifest, index=False)
+    df = predict(
+        opts(
+            trained_ckpt,
+            manifest,
+            tmp_path / "out",
+            heatmaps=True,
+            expression=str(tiny_cohort / "expression.csv"),
+            small_cohort="global",
+        )
+    )
+    row = df.iloc[0]
+    assert row["n_tiles"] == 0 and row["modalities"] == ["expression"]
+    assert 0.0 < row["probability"] < 1.0
+    assert (
+        json.loads((tmp_path / "out" / "slides" / "B1" / "slide.json").read_text())["n_tiles"] == 0
+    )

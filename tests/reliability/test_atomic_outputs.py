@@ -24,6 +24,8 @@ from immunoplex.tilecache import TileCache
 from immunoplex.tiling import TilingParams
 from tests.reliability.slides import MARKERS, tissue_image, write_ome
 
+pytestmark = pytest.mark.slow  # every test starts a fresh interpreter (seconds each)
+
 KILL = "import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
 
 

@@ -162,7 +162,13 @@ class ResponseModel(nn.Module):
 
     def _tile_embeddings(self, batch: Mapping[str, Tensor], mask: Tensor) -> Tensor:
         if "embeddings" in batch:
-            return batch["embeddings"]
+            emb = batch["embeddings"]
+            if emb.shape[-1] != self.tile_embedding_dim:
+                raise ConfigError(
+                    f"cached tile embeddings have dimension {emb.shape[-1]} but this model's tile "
+                    f"encoder produces {self.tile_embedding_dim}; re-run the embedding step"
+                )
+            return emb
         tiles = batch["tiles"]
         b, n, c, t1, t2 = tiles.shape
         zero = torch.zeros((), dtype=tiles.dtype, device=tiles.device)
@@ -200,9 +206,10 @@ class ResponseModel(nn.Module):
             img_present = batch.get("has_image", ones).bool() & mask.any(dim=1)
             ctx["tiles"], ctx["tile_mask"] = h, mask
         if "expression" in self.modalities:
-            expr = batch["expression"]
-            pooled_expr, tokens = self.expression_encoder.encode(expr)
             expr_present = batch.get("has_expression", ones).bool()
+            expr = batch["expression"]
+            expr = torch.where(expr_present.unsqueeze(1), expr, torch.zeros_like(expr))
+            pooled_expr, tokens = self.expression_encoder.encode(expr)
             ctx["tokens"] = tokens
         if self.training and self.modality_dropout > 0 and len(self.modalities) == 2:
             img_present, expr_present = self._modality_dropout(img_present, expr_present)
@@ -220,6 +227,8 @@ class ResponseModel(nn.Module):
         treatment = batch.get("treatment")
         if treatment is None:
             treatment = torch.zeros(b, dtype=torch.long, device=device)
+        # indices are validated by the data layer; clamping keeps forward free of data-dependent
+        # checks (torch.compile) and never indexes out of range on an accelerator
         treatment = treatment.long().clamp(0, self.n_treatments - 1)
         if self.n_clinical > 0:
             clinical = batch.get("clinical")
