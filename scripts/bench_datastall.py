@@ -12,6 +12,7 @@ loader's throughput as a fraction of the compute-only throughput).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 
@@ -36,9 +37,12 @@ def main() -> None:
     fixed = benchlib.to_device(next(iter(loader)), device)
     n_steps = len(loader)
     n_patients = len(loader.dataset)  # type: ignore[arg-type]
-    print(f"cohort {cohort.name}: {n_patients} training patients, {n_steps} steps/epoch, "
-          f"bag {cfg.data.bag_size}, batch {cfg.data.batch_size}, "
-          f"workers {cfg.data.num_workers}", flush=True)
+    print(
+        f"cohort {cohort.name}: {n_patients} training patients, {n_steps} steps/epoch, "
+        f"bag {cfg.data.bag_size}, batch {cfg.data.batch_size}, "
+        f"workers {cfg.data.num_workers}",
+        flush=True,
+    )
     epoch = [0]
 
     def with_loader() -> None:
@@ -57,9 +61,12 @@ def main() -> None:
     times = benchlib.interleave({"loader": with_loader, "on-device": on_device}, reps)
     for name, ts in times.items():
         med = benchlib.median(ts)
-        print(f"{name:10s} s/epoch {benchlib.spread(ts)}; {n_patients / med:.1f} patients/s, "
-              f"{n_patients * cfg.data.bag_size / med:.0f} tiles/s")
+        print(
+            f"{name:10s} s/epoch {benchlib.spread(ts)}; {n_patients / med:.1f} patients/s, "
+            f"{n_patients * cfg.data.bag_size / med:.0f} tiles/s"
+        )
     print(f"total {time.perf_counter() - t:.0f}s")
+    shutil.rmtree(out, ignore_errors=True)  # run logs only
     ratio = benchlib.median(times["on-device"]) / benchlib.median(times["loader"])
     print(benchlib.ratio_line("data_stall", ratio, 0.9, ">="))
 

@@ -47,8 +47,9 @@ def _pool(seed: int, bright: bool, n: int = 8) -> list[np.ndarray]:
     return out
 
 
-def _tiles(size: int, scale: int, tissue: list[np.ndarray], bg: list[np.ndarray]
-           ) -> Iterator[np.ndarray]:
+def _tiles(
+    size: int, scale: int, tissue: list[np.ndarray], bg: list[np.ndarray]
+) -> Iterator[np.ndarray]:
     """Level tiles in TIFF order (channel, row, col); tissue inside a disc of radius 0.4 size."""
     s = -(-size // scale)
     n = -(-s // TILE)
@@ -63,22 +64,39 @@ def _tiles(size: int, scale: int, tissue: list[np.ndarray], bg: list[np.ndarray]
                 k += 1
 
 
+def pyramid_levels(size: int, min_side: int = 1024) -> int:
+    """Halve until the side is below ``min_side`` (as real whole-slide pyramids do)."""
+    levels = 1
+    while -(-size // 2 ** (levels - 1)) >= min_side:
+        levels += 1
+    return levels
+
+
+def slide_path(cache: Path, size: int, levels: int) -> Path:
+    return cache / f"slide_{size}_L{levels}.ome.tif"
+
+
 def write_slide(path: Path, size: int, levels: int = 3) -> Path:
     """An OME-TIFF pyramid written tile by tile (constant memory)."""
     if path.is_file():
         return path
     tissue, bg = _pool(0, True), _pool(1, False)
     tmp = path.with_suffix(".tmp")
-    meta = {"axes": "CYX", "Channel": {"Name": MARKERS}, "PhysicalSizeX": 0.5,
-            "PhysicalSizeY": 0.5}
+    meta = {"axes": "CYX", "Channel": {"Name": MARKERS}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
         kw = {"dtype": np.uint16, "tile": (TILE, TILE), "compression": "zstd"}
-        tw.write(_tiles(size, 1, tissue, bg), shape=(len(MARKERS), size, size),
-                 subifds=levels - 1, metadata=meta, **kw)
+        tw.write(
+            _tiles(size, 1, tissue, bg),
+            shape=(len(MARKERS), size, size),
+            subifds=levels - 1,
+            metadata=meta,
+            **kw,
+        )
         for lv in range(1, levels):
             s = -(-size // 2**lv)
-            tw.write(_tiles(size, 2**lv, tissue, bg), shape=(len(MARKERS), s, s),
-                     subfiletype=1, **kw)
+            tw.write(
+                _tiles(size, 2**lv, tissue, bg), shape=(len(MARKERS), s, s), subfiletype=1, **kw
+            )
     tmp.replace(path)
     return path
 
@@ -91,8 +109,10 @@ def checkpoint(cache: Path, device: torch.device) -> Path:
     from immunoplex.train import train
 
     cohort = benchlib.synthetic_cohort(cache, "cohort_tiny", size="tiny")
-    cfg = benchlib.compose(benchlib.train_overrides(cohort, cache, device, ckpt.parent)
-                           + ["trainer.max_epochs=1", "logger=csv"])
+    cfg = benchlib.compose(
+        benchlib.train_overrides(cohort, cache, device, ckpt.parent)
+        + ["trainer.max_epochs=1", "logger=csv"]
+    )
     train(cfg)
     return ckpt
 
@@ -100,33 +120,60 @@ def checkpoint(cache: Path, device: torch.device) -> Path:
 def main() -> None:
     ap = benchlib.parser(__doc__)
     ap.add_argument("--size", type=int, default=None, help="slide side in px (default 4000)")
+    ap.add_argument(
+        "--levels",
+        type=int,
+        default=3,
+        help="pyramid levels (0: halve down to < 1024 px, like real slides)",
+    )
     args = ap.parse_args()
     device = benchlib.start(args)
     size = args.size or (1024 if args.quick else 4000)
     reps = args.reps or (1 if args.quick else 3)
     args.cache.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    slide = write_slide(args.cache / f"slide_{size}.ome.tif", size)
-    print(f"slide {slide} ({slide.stat().st_size / 1e6:.0f} MB; ready in "
-          f"{time.perf_counter() - t:.0f}s)", flush=True)
+    levels = args.levels or pyramid_levels(size)
+    old = args.cache / f"slide_{size}.ome.tif"  # name used before --levels existed
+    if levels == 3 and old.is_file():
+        old.rename(slide_path(args.cache, size, levels))
+    slide = write_slide(slide_path(args.cache, size, levels), size, levels)
+    print(
+        f"slide {slide} ({slide.stat().st_size / 1e6:.0f} MB; ready in "
+        f"{time.perf_counter() - t:.0f}s)",
+        flush=True,
+    )
     ckpt = checkpoint(args.cache, device)
 
     from immunoplex.data.bags import PatientBagDataset, PatientRecord, collate_bags
     from immunoplex.data.slides import slide_tiles
+    from immunoplex.errors import CheckpointError
     from immunoplex.io import open_slide
     from immunoplex.predict import Predictor, embed_bag, model_batch, predict, tile_scores
     from immunoplex.tilecache import TileCache
     from immunoplex.tiling import make_tile_grid, read_tiles, resolve_channels
 
-    pred = Predictor.load(ckpt, device)
+    try:
+        pred = Predictor.load(ckpt, device)
+    except CheckpointError:  # cached checkpoint from an older model definition: retrain
+        shutil.rmtree(ckpt.parent)
+        ckpt = checkpoint(args.cache, device)
+        pred = Predictor.load(ckpt, device)
     work = Path(tempfile.mkdtemp(prefix="inference-", dir=args.cache))
     run_i = [0]
 
     def via_predict() -> None:
         out = work / f"pred{run_i[0]}"
         run_i[0] += 1
-        cfg = OmegaConf.create({"ckpt": str(ckpt), "input": str(slide), "out_dir": str(out),
-                                "device": str(device), "heatmaps": False, "progress": False})
+        cfg = OmegaConf.create(
+            {
+                "ckpt": str(ckpt),
+                "input": str(slide),
+                "out_dir": str(out),
+                "device": str(device),
+                "heatmaps": False,
+                "progress": False,
+            }
+        )
         predict(cfg)
         benchlib.sync(device)
         shutil.rmtree(out, ignore_errors=True)
@@ -138,15 +185,23 @@ def main() -> None:
 
     ts = TileCache(work / "bag").load_or_build(slide, pred.panel, pred.params, required=None)
     st = slide_tiles(ts, "bench", pred.low_pct, pred.high_pct)
-    rec = PatientRecord(patient_id="bench", label=-1, treatment=0, cohort="",
-                        clinical=np.zeros(len(pred.clinical_columns) * 2, np.float32),
-                        expression=None, slides=[st])
+    rec = PatientRecord(
+        patient_id="bench",
+        label=-1,
+        treatment=0,
+        cohort="",
+        clinical=np.zeros(len(pred.clinical_columns) * 2, np.float32),
+        expression=None,
+        slides=[st],
+    )
     ds = PatientBagDataset([rec], len(pred.markers), pred.n_genes, bag_size=None)
     batch = collate_bags([ds[0]])
     batch["tiles"] = batch["tiles"].pin_memory() if device.type == "cuda" else batch["tiles"]
     n_tiles = st.n_tiles
-    print(f"{n_tiles} tissue tiles of {pred.params.tile_size}px at {pred.params.mpp} um/px",
-          flush=True)
+    print(
+        f"{n_tiles} tissue tiles of {pred.params.tile_size}px at {pred.params.mpp} um/px",
+        flush=True,
+    )
 
     @torch.no_grad()
     def model_alone() -> None:
@@ -157,15 +212,18 @@ def main() -> None:
         tile_scores(pred.model, mb)
         benchlib.sync(device)
 
-    times = benchlib.interleave({"predict": via_predict, "read": read_alone,
-                                 "model": model_alone}, reps)
+    times = benchlib.interleave(
+        {"predict": via_predict, "read": read_alone, "model": model_alone}, reps
+    )
     for name, ts_ in times.items():
         print(f"{name:8s} s/slide {benchlib.spread(ts_)}")
     med = {k: benchlib.median(v) for k, v in times.items()}
     bound = max(med["read"], med["model"])
-    print(f"slide {size}x{size}x{len(MARKERS)}: predict {med['predict']:.2f}s, read "
-          f"{med['read']:.2f}s, model {med['model']:.2f}s, read+model "
-          f"{med['read'] + med['model']:.2f}s")
+    print(
+        f"slide {size}x{size}x{len(MARKERS)}: predict {med['predict']:.2f}s, read "
+        f"{med['read']:.2f}s, model {med['model']:.2f}s, read+model "
+        f"{med['read'] + med['model']:.2f}s"
+    )
     shutil.rmtree(work, ignore_errors=True)
     print(benchlib.ratio_line("inference", med["predict"] / bound, 1.25, "<="))
 

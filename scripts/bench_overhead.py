@@ -15,6 +15,7 @@ Last line: ``RATIO overhead=<lightning/plain> target<=1.03 PASS|MISS``.
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,8 +41,9 @@ class EpochTimer(L.Callback):
         benchlib.sync(self.device)
         self.marks.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.losses.append(outputs["loss"].detach())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -59,8 +61,9 @@ def main() -> None:
     if args.quick:
         cohort = benchlib.synthetic_cohort(args.cache, "cohort_tiny", size="tiny")
     else:
-        cohort = benchlib.synthetic_cohort(args.cache, "cohort_bench", size="default",
-                                           n_patients=80)
+        cohort = benchlib.synthetic_cohort(
+            args.cache, "cohort_bench", size="default", n_patients=80
+        )
     out = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.cache))
     cfg = benchlib.compose(
         benchlib.train_overrides(cohort, args.cache, device, out)
@@ -72,9 +75,12 @@ def main() -> None:
     init = copy.deepcopy(module.state_dict())
     losses: dict[str, list[torch.Tensor]] = {"lightning": [], "plain": []}
     n_steps = len(dm.train_dataloader())
-    print(f"cohort {cohort.name}: {len(dm.patient_ids('train'))} training patients, "
-          f"{n_steps} steps/epoch, bag {cfg.data.bag_size}, batch {cfg.data.batch_size}, "
-          f"{epochs} epochs per run (epoch 1 = warm-up)", flush=True)
+    print(
+        f"cohort {cohort.name}: {len(dm.patient_ids('train'))} training patients, "
+        f"{n_steps} steps/epoch, bag {cfg.data.bag_size}, batch {cfg.data.batch_size}, "
+        f"{epochs} epochs per run (epoch 1 = warm-up)",
+        flush=True,
+    )
     run_i = [0]
 
     def lightning_run() -> float:
@@ -84,16 +90,18 @@ def main() -> None:
         run_i[0] += 1
         cfg.paths.output_dir = str(run_dir)
         loggers = _instantiate_group(cfg.get("logger"))
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=loggers or False,
-                                         enable_checkpointing=False)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=[timer], logger=loggers or False, enable_checkpointing=False
+        )
         trainer.fit(module, datamodule=dm)
         losses["lightning"] = timer.losses
         return timer.marks[-1] - timer.marks[1]
 
     def plain_run() -> float:
         model = copy.deepcopy(module.model)
-        model.load_state_dict({k[len("model."):]: v for k, v in init.items()
-                               if k.startswith("model.")})
+        model.load_state_dict(
+            {k[len("model.") :]: v for k, v in init.items() if k.startswith("model.")}
+        )
         plain = benchlib.PlainTrainer(model, cfg, float(module.pos_weight), device, seed)
         loader = dm.train_dataloader()
         got: list[torch.Tensor] = []
@@ -113,7 +121,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"lightning": [], "plain": []}
     sides = {"lightning": lightning_run, "plain": plain_run}
     for r in range(reps + 1):  # repetition 0 is the warm-up
-        for name in (("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")):
+        for name in ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning"):
             t = sides[name]()
             if r:
                 times[name].append(t)
@@ -122,8 +130,11 @@ def main() -> None:
     diff = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
     for name, ts in times.items():
         print(f"{name:9s} s per {epochs - 1} epochs: {benchlib.spread(ts)}")
-    print(f"steps per run {len(a)} (lightning) / {len(b)} (plain); "
-          f"max |loss difference| over the last run's steps: {diff:.3g}")
+    print(
+        f"steps per run {len(a)} (lightning) / {len(b)} (plain); "
+        f"max |loss difference| over the last run's steps: {diff:.3g}"
+    )
+    shutil.rmtree(out, ignore_errors=True)  # run logs only
     ratio = benchlib.median(times["lightning"]) / benchlib.median(times["plain"])
     print(benchlib.ratio_line("overhead", ratio, 1.03, "<="))
 

@@ -66,21 +66,34 @@ def main() -> None:
     steps = args.steps or (20 if gpu else (1 if args.quick else 2))
     reps = args.reps or (1 if args.quick else (5 if gpu else 3))
     bf16 = gpu and not args.fp32
-    print(f"{'GPU' if gpu else 'CPU (reduced)'}: {b}x{n} = {b * n} tiles/step of {tile}x{tile}, "
-          f"{'bf16 autocast' if bf16 else 'fp32'}, channels_last, compile={args.compile}, "
-          f"{steps} steps/rep", flush=True)
+    print(
+        f"{'GPU' if gpu else 'CPU (reduced)'}: {b}x{n} = {b * n} tiles/step of {tile}x{tile}, "
+        f"{'bf16 autocast' if bf16 else 'fp32'}, channels_last, compile={args.compile}, "
+        f"{steps} steps/rep",
+        flush=True,
+    )
     if gpu:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     cfg = benchlib.compose(["model=resnet50"])
-    dims = {"n_channels": C, "markers": [f"M{i}" for i in range(C)], "n_genes": 32,
-            "gene_names": [f"G{i}" for i in range(32)], "n_clinical": 2,
-            "treatments": ["anti-PD-1", "bexmarilimab+anti-PD-1"]}
-    module = ResponseModule(model=cfg.model, dims=dims, optimizer=cfg.optimizer,
-                            augment=cfg.module.augment, channels_last=True,
-                            compile=args.compile).to(device)
+    dims = {
+        "n_channels": C,
+        "markers": [f"M{i}" for i in range(C)],
+        "n_genes": 32,
+        "gene_names": [f"G{i}" for i in range(32)],
+        "n_clinical": 2,
+        "treatments": ["anti-PD-1", "bexmarilimab+anti-PD-1"],
+    }
+    module = ResponseModule(
+        model=cfg.model,
+        dims=dims,
+        optimizer=cfg.optimizer,
+        augment=cfg.module.augment,
+        channels_last=True,
+        compile=args.compile,
+    ).to(device)
     module.configure_model()
     module.train()
     opt_ours = torch.optim.AdamW(module.parameters(), lr=1e-4)
@@ -119,13 +132,16 @@ def main() -> None:
         benchlib.sync(device)
 
     t = time.perf_counter()
-    times = benchlib.interleave({"ours": ours, "torchvision": torchvision_bare}, reps,
-                                warmup=2 if gpu else 1)
+    times = benchlib.interleave(
+        {"ours": ours, "torchvision": torchvision_bare}, reps, warmup=2 if gpu else 1
+    )
     ips = {k: b * n * steps / benchlib.median(v) for k, v in times.items()}
     for name, ts in times.items():
         print(f"{name:12s} s/rep {benchlib.spread(ts)}; {ips[name]:.1f} img/s")
-    print(f"total {time.perf_counter() - t:.0f}s; anchors (224x224 training): A100 AMP ~2470 "
-          "img/s (DeepLearningExamples), H100 ~7000 img/s (MLPerf Training)")
+    print(
+        f"total {time.perf_counter() - t:.0f}s; anchors (224x224 training): A100 AMP ~2470 "
+        "img/s (DeepLearningExamples), H100 ~7000 img/s (MLPerf Training)"
+    )
     print(benchlib.ratio_line("model_throughput", ips["ours"] / ips["torchvision"], 0.85, ">="))
 
 

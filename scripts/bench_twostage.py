@@ -15,6 +15,7 @@ embed_efficiency=<pure/embed_slide time> target>=0.85 PASS|MISS``.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,9 +51,11 @@ def main() -> None:
     plain_2s = benchlib.PlainTrainer(model_2s, cfg_2s, dm_2s.pos_weight(), device, seed)
     loaders = {"end-to-end": dm_e2e.train_dataloader(), "two-stage": dm_2s.train_dataloader()}
     trainers = {"end-to-end": plain_e2e, "two-stage": plain_2s}
-    print(f"cohort {cohort.name}: {len(loaders['end-to-end'].dataset)} training patients; "  # type: ignore[arg-type]
-          f"bag {cfg_e2e.data.bag_size} (end-to-end) / {cfg_2s.data.bag_size} (two-stage)",
-          flush=True)
+    print(
+        f"cohort {cohort.name}: {len(loaders['end-to-end'].dataset)} training patients; "  # type: ignore[arg-type]
+        f"bag {cfg_e2e.data.bag_size} (end-to-end) / {cfg_2s.data.bag_size} (two-stage)",
+        flush=True,
+    )
     epochs = {"end-to-end": 0, "two-stage": 0}
 
     def epoch_fn(name: str):  # noqa: ANN202
@@ -83,11 +86,13 @@ def main() -> None:
     for st in slides:
         tiles = torch.from_numpy(st.tiles[:]).to(device)  # type: ignore[index]
         m = tiles.shape[0]
-        x = normalise_tiles({
-            "tiles": tiles[None],
-            "tile_low": torch.from_numpy(st.low).to(device).expand(1, m, -1),
-            "tile_high": torch.from_numpy(st.high).to(device).expand(1, m, -1),
-        })[0]
+        x = normalise_tiles(
+            {
+                "tiles": tiles[None],
+                "tile_low": torch.from_numpy(st.low).to(device).expand(1, m, -1),
+                "tile_high": torch.from_numpy(st.high).to(device).expand(1, m, -1),
+            }
+        )[0]
         prepared.append((x, torch.from_numpy(st.present).to(device).expand(m, -1)))
 
     def via_embed_slide() -> None:
@@ -104,12 +109,18 @@ def main() -> None:
 
     ex = benchlib.interleave({"embed_slide": via_embed_slide, "pure encoder": pure}, reps)
     for name, ts in ex.items():
-        print(f"{name:12s} {n_tiles} tiles ({len(slides)} slides): {benchlib.spread(ts)}; "
-              f"{n_tiles / benchlib.median(ts):.0f} tiles/s")
+        print(
+            f"{name:12s} {n_tiles} tiles ({len(slides)} slides): {benchlib.spread(ts)}; "
+            f"{n_tiles / benchlib.median(ts):.0f} tiles/s"
+        )
+    shutil.rmtree(out, ignore_errors=True)  # run logs only
     eff = benchlib.median(ex["pure encoder"]) / benchlib.median(ex["embed_slide"])
     print(f"two-stage speedup {speedup:.1f}x; extraction efficiency {eff:.3f}")
-    print(benchlib.ratio_line("two_stage_speedup", speedup, 50, ">=") + " "
-          + benchlib.ratio_line("embed_efficiency", eff, 0.85, ">=").removeprefix("RATIO "))
+    print(
+        benchlib.ratio_line("two_stage_speedup", speedup, 50, ">=")
+        + " "
+        + benchlib.ratio_line("embed_efficiency", eff, 0.85, ">=").removeprefix("RATIO ")
+    )
 
 
 if __name__ == "__main__":

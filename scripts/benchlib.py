@@ -59,17 +59,21 @@ def print_machine() -> None:
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
 
 
-def parser(description: str | None, quick_help: str = "tiny setting for the smoke test") -> (
-    argparse.ArgumentParser
-):
+def parser(
+    description: str | None, quick_help: str = "tiny setting for the smoke test"
+) -> argparse.ArgumentParser:
     """Argument parser with the flags every benchmark shares."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions per side")
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--cache", type=Path, default=CACHE, help="cache dir (outside the repo)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's; 1 on an oversubscribed host)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's; 1 on an oversubscribed host)",
+    )
     return ap
 
 
@@ -139,8 +143,9 @@ def synthetic_cohort(
 
     out = cache / name
     if not (out / "manifest.csv").is_file() or not (out / ".bench_done").is_file():
-        generate_cohort(out, size=size, seed=seed, workers=os.cpu_count(), progress=False,
-                        **overrides)
+        generate_cohort(
+            out, size=size, seed=seed, workers=os.cpu_count(), progress=False, **overrides
+        )
         (out / ".bench_done").write_text("ok\n")
     return out
 
@@ -182,8 +187,14 @@ class PlainTrainer:
     clipping, optimiser step. No metrics, no logging.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Any, pos_weight: float,
-                 device: torch.device, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: Any,
+        pos_weight: float,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
@@ -197,7 +208,9 @@ class PlainTrainer:
         self.clip = cfg.trainer.get("gradient_clip_val")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = instantiate(cfg.optimizer)(params=self.params)
-        sched = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+        sched = (
+            OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None
+        )
         self.sched = None
         if sched:
             sched = {k: v for k, v in sched.items() if k not in ("interval", "monitor")}  # type: ignore[union-attr]
@@ -214,8 +227,9 @@ class PlainTrainer:
         if "tiles" in batch:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(s)
-            x, cmask = augment_tiles(normalise_tiles(batch), batch["tile_mask"],
-                                     batch["channel_mask"], self.aug, gen)
+            x, cmask = augment_tiles(
+                normalise_tiles(batch), batch["tile_mask"], batch["channel_mask"], self.aug, gen
+            )
             batch["tiles"], batch["channel_mask"] = x, cmask
         logit = self.model(batch)["logit"].float()
         label = batch["label"]

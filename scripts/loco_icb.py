@@ -89,7 +89,7 @@ def _report(args: argparse.Namespace, prepared, result, summary, norm_cfg, final
     ]
     for ref in args.models:
         lines += [
-            "## Pooled AUROC difference, paired bootstrap",
+            f"## Pooled AUROC difference: {ref} vs the others (paired bootstrap 95% CI)",
             "",
             comparison_table(result, ref, n_boot=args.n_boot, seed=args.seed),
             "",

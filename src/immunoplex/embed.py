@@ -53,6 +53,9 @@ def build_encoder(
     """
     cfg = dict(model_cfg)
     cfg["modalities"] = ["image"]
+    # Only the tile encoder is used: drop parts that need the expression branch.
+    cfg["fusion"] = None
+    cfg["expression_encoder"] = None
     dims = {
         "n_channels": len(markers),
         "markers": list(markers),

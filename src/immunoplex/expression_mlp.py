@@ -30,7 +30,7 @@ class MLPConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     seeds: tuple[int, ...] = (0, 1, 2)
-    threads: int = 2
+    threads: int = 1  # more threads only spin on busy shared cores
     model_config: str | None = None  # path to a model yaml; default configs/model/expression_only
     normalizer: dict[str, Any] = field(default_factory=lambda: {"method": "zscore_cohort"})
 

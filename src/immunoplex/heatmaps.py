@@ -300,9 +300,14 @@ def compose(
     return np.clip(rgb, 0, 1)
 
 
+def display_factor(geo: Geometry, max_side: int = 2048) -> int:
+    """Integer downsample of the tiling grid for drawing (bounded memory on whole slides)."""
+    return max(1, math.ceil(max(geo.tiling_shape) / max_side))
+
+
 def _coverage(heat: SlideHeat, geo: Geometry, shape: tuple[int, int]) -> np.ndarray:
     """Boolean tile coverage at an image of ``shape`` spanning the slide."""
-    cov = tile_raster(heat, geo, np.ones(len(heat.coords)), 1, fill=0.0) > 0
+    cov = tile_raster(heat, geo, np.ones(len(heat.coords)), display_factor(geo), fill=0.0) > 0
     from scipy import ndimage as ndi
 
     zy, zx = shape[0] / cov.shape[0], shape[1] / cov.shape[1]
@@ -339,9 +344,10 @@ def render_heatmap_png(
     ext_w, ext_h = W0 * geo.slide_mpp, H0 * geo.slide_mpp
     extent = (0, ext_w, ext_h, 0)
     rel = heat.attention_rel
-    att_r = tile_raster(heat, geo, rel)
-    sc_r = tile_raster(heat, geo, heat.score)
-    r_ext = (0, geo.tiling_shape[1] * geo.tiling_mpp, geo.tiling_shape[0] * geo.tiling_mpp, 0)
+    f = display_factor(geo)
+    att_r = tile_raster(heat, geo, rel, f)
+    sc_r = tile_raster(heat, geo, heat.score, f)
+    r_ext = (0, att_r.shape[1] * f * geo.tiling_mpp, att_r.shape[0] * f * geo.tiling_mpp, 0)
     att_max = float(np.nanpercentile(rel, 99)) if len(rel) and np.isfinite(rel).any() else 1.0
     att_norm = mcolors.Normalize(0.0, max(att_max, 2.0))  # uniform attention (1) mid-scale
     fin = heat.score[np.isfinite(heat.score)]

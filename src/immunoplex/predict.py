@@ -323,16 +323,14 @@ def _manifest_inputs(
 ) -> list[PatientInput]:
     from immunoplex.cohort import load_cohort
 
-    header = (
-        pd.read_csv(
-            path, nrows=0, sep="\t" if path.suffix.lower() in {".tsv", ".txt"} else ","
-        ).columns
-        if path.suffix.lower() != ".parquet"
-        else pd.read_parquet(path).columns
-    )
-    cols = [c for c in clinical_columns if c in set(header)]
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        header = set(pd.read_parquet(path).columns)
+    else:
+        header = set(pd.read_csv(path, nrows=0, sep="\t" if suffix in {".tsv", ".txt"} else ","))
+    cols = [c for c in clinical_columns if c in header]
     coh = load_cohort(path, cols)
-    has_cohort = "cohort" in set(header)
+    has_cohort = "cohort" in header
     patients = coh.patients.set_index("patient_id")
     out = []
     for pid, group in coh.slides.groupby("patient_id", sort=False):

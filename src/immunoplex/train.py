@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 from immunoplex.calibration import fit_calibration
 from immunoplex.data.datamodule import ResponseDataModule, data_config_from
+from immunoplex.errors import ConfigError
 from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
 from immunoplex.training.module import ResponseModule
@@ -153,7 +154,7 @@ def finalize(
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, select the best checkpoint on validation, calibrate and score the test split."""
+    """Train, pick the best (or last) checkpoint, calibrate on validation, score the test split."""
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # weights_only: resuming never unpickles arbitrary objects from the checkpoint file.
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
-    best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
+    select = cfg.get("select_checkpoint", "best")
+    if select not in ("best", "last"):
+        raise ConfigError(f"select_checkpoint={select!r}: use 'best' or 'last'")
+    chosen = ""
+    if ckpt_cb is not None:
+        chosen = ckpt_cb.last_model_path if select == "last" else ckpt_cb.best_model_path
+    best = Path(chosen) if chosen else None
     if best is None or not best.is_file():
         best = out_dir / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(best)

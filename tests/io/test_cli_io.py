@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.io.conftest import CONFIGS, synthetic_image, write_ome
 from immunoplex.cli.inspect import main as inspect_main
 from immunoplex.cli.tile import tile_cohort
 from immunoplex.errors import ManifestError
 from immunoplex.tiling import load_grid
+from tests.io.conftest import CONFIGS, synthetic_image, write_ome
 
 
 def test_inspect_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

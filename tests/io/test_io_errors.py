@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.io.conftest import synthetic_image, write_ome
 from immunoplex.errors import SlideReadError
 from immunoplex.io import open_slide
+from tests.io.conftest import synthetic_image, write_ome
 
 
 def _one_line(exc: pytest.ExceptionInfo, path: Path) -> str:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from tests.io.conftest import synthetic_image, write_ome
 from immunoplex.errors import ResolutionError
 from immunoplex.io import Slide, open_slide
+from tests.io.conftest import synthetic_image, write_ome
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.io.conftest import synthetic_image, write_ome
 from immunoplex.errors import ConfigError, ResolutionError
 from immunoplex.io import open_slide
 from immunoplex.tiling import (
@@ -21,6 +20,7 @@ from immunoplex.tiling import (
     read_tiles,
     save_grid,
 )
+from tests.io.conftest import synthetic_image, write_ome
 
 
 def block_mean(a: np.ndarray, k: int) -> np.ndarray:

@@ -44,3 +44,22 @@ def sub_manifest(cohort: Path, out: Path, patients: list[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return out
+
+
+#: A `small`-sized cohort whose response is driven mostly by what the images show (intratumoural
+#: CD8 effect x2, no expression-only effect): an image model learns it in minutes on a CPU.
+STRONG_IMAGE_SIGNAL = {
+    "n_patients": 100,
+    "truth.effects.image_only.cd8_intratumoural": 3.0,
+    "truth.effects.expression_only.ifn": 0.0,
+    "truth.effects.intercept": 0.0,
+}
+
+
+@pytest.fixture(scope="session")
+def image_signal_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from immunoplex.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("image_signal_cohort")
+    generate_cohort(out, size="small", seed=0, workers=2, progress=False, **STRONG_IMAGE_SIGNAL)
+    return out

@@ -50,8 +50,9 @@ def bench_cache(tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> 
 
 def _run(args: list[str], cache: Path) -> str:
     env = {**os.environ, "IMMUNOPLEX_BENCH_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, *args], cwd=SCRIPTS, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=SCRIPTS, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout.strip().splitlines()[-1]
 
