@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--normalisation",
         type=Path,
-        default=REPO_ROOT / "configs" / "expression" / "zscore_cohort.yaml",
+        default=REPO_ROOT / "configs" / "expression_norm" / "zscore_cohort.yaml",
     )
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {MODELS}")
     parser.add_argument("--n-boot", type=int, default=2000)

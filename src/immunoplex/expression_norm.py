@@ -77,7 +77,7 @@ class ExpressionNormalizer:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ExpressionNormalizer:
-        """Build from a config mapping (configs/expression/*.yaml)."""
+        """Build from a config mapping (configs/expression_norm/*.yaml)."""
         keys = {"method", "log", "min_cohort_size", "small_cohort"}
         extra = set(cfg) - keys - {"name", "description"}
         if extra:

@@ -54,12 +54,22 @@ def normalise_torch(
 
     lo = torch.as_tensor(low, device=x.device, dtype=x.dtype)
     hi = torch.as_tensor(high, device=x.device, dtype=x.dtype)
-    z = (torch.minimum(torch.maximum(x, lo), hi) - lo) / (hi - lo).clamp_min(1e-12)
+    span = (hi - lo).clamp_min(1e-12)
+    if torch.is_grad_enabled() and x.requires_grad:  # explanations differentiate through this
+        z = (torch.minimum(torch.maximum(x, lo), hi) - lo) / span
+        if method == "arcsinh":
+            z = torch.asinh(z / cofactor) / _knee(method, cofactor)
+        elif method == "log":
+            z = torch.log1p(z / cofactor) / _knee(method, cofactor)
+        return torch.nan_to_num(z, nan=0.0, posinf=1.0, neginf=0.0)
+    # Fused path (training batches, embedding): one new tensor, then in-place arithmetic.
+    z = torch.clamp(x, min=lo, max=hi)
+    z.sub_(lo).div_(span)
     if method == "arcsinh":
-        z = torch.asinh(z / cofactor) / _knee(method, cofactor)
+        z.mul_(1.0 / cofactor).asinh_().mul_(1.0 / _knee(method, cofactor))
     elif method == "log":
-        z = torch.log1p(z / cofactor) / _knee(method, cofactor)
-    return torch.nan_to_num(z, nan=0.0, posinf=1.0, neginf=0.0)
+        z.mul_(1.0 / cofactor).log1p_().mul_(1.0 / _knee(method, cofactor))
+    return z.nan_to_num_(nan=0.0, posinf=1.0, neginf=0.0)
 
 
 def _pixel_sample(tiles: np.ndarray, max_pixels: int, rng: np.random.Generator) -> np.ndarray:

@@ -37,8 +37,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(_summary(df, str(cfg.out_dir)))
 
 
-# Top-level keys that collide with a config group name: `expression=PATH` would be read by Hydra
-# as a choice in the `expression/` group, so it is passed on as `expression_file=PATH`.
+# `expression=PATH` is accepted as the documented spelling of the config key `expression_file`.
 ARG_ALIASES = {"expression": "expression_file"}
 
 

@@ -128,12 +128,12 @@ class ResponseModule(L.LightningModule):
         logit = out["logit"].float()
         label = batch["label"]
         labelled = label >= 0
-        if labelled.any():
-            loss = F.binary_cross_entropy_with_logits(
-                logit[labelled], label[labelled], pos_weight=self.pos_weight
-            )
-        else:
-            loss = logit.sum() * 0.0
+        # Unlabelled patients carry no loss; a masked mean needs no host-device sync.
+        weight = labelled.to(logit.dtype)
+        per_patient = F.binary_cross_entropy_with_logits(
+            logit, label.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
+        )
+        loss = (per_patient * weight).sum() / weight.sum().clamp(min=1.0)
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         if labelled.any():
             metrics[stage].update(torch.sigmoid(logit[labelled].detach()), label[labelled].long())
@@ -143,7 +143,7 @@ class ResponseModule(L.LightningModule):
             loss,
             on_step=False,
             on_epoch=True,
-            batch_size=int(labelled.sum()),
+            batch_size=len(label),
             sync_dist=True,
             prog_bar=stage != "test",
         )
