@@ -21,8 +21,9 @@ MARKERS = ["DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b"]
 
 
 def _rss_kb(field: str) -> int:
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-                if ln.startswith(field))
+    line = next(
+        ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field)
+    )
     return int(line.split()[1])
 
 
@@ -40,8 +41,12 @@ def write_slides(root: Path, n: int) -> list[Path]:
             continue
         rng = np.random.default_rng(i)
         img = (disk * rng.integers(200, 900, (7, 192, 192))).astype(np.uint16)
-        meta = {"axes": "CYX", "Channel": {"Name": MARKERS}, "PhysicalSizeX": 1.0,
-                "PhysicalSizeY": 1.0}
+        meta = {
+            "axes": "CYX",
+            "Channel": {"Name": MARKERS},
+            "PhysicalSizeX": 1.0,
+            "PhysicalSizeY": 1.0,
+        }
         tifffile.imwrite(p, img, ome=True, metadata=meta, photometric="minisblack")
     return paths
 
@@ -58,8 +63,14 @@ def child(work: Path, n: int) -> None:
     from immunoplex.training.checkpoint import build_model
 
     cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "mean_mil.yaml"))
-    dims = {"n_channels": 7, "markers": MARKERS, "n_genes": 0, "gene_names": [],
-            "n_clinical": 0, "treatments": []}
+    dims = {
+        "n_channels": 7,
+        "markers": MARKERS,
+        "n_genes": 0,
+        "gene_names": [],
+        "n_clinical": 0,
+        "treatments": [],
+    }
     cfg["modalities"] = ["image"]  # type: ignore[index]
     model = build_model(cfg, dims).eval()  # type: ignore[arg-type]
     encoder_fingerprint(model.encoder)
@@ -90,14 +101,19 @@ def main() -> None:
         child(work, args.slides)
         return
     write_slides(work / "slides", args.slides)
-    proc = subprocess.run([sys.executable, __file__, "--child", "--slides", str(args.slides),
-                           "--work", str(work)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", "--slides", str(args.slides), "--work", str(work)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"tile+embed {args.slides} slides: RSS (MiB) after "
-          + ", ".join(f"{k} slides {v / 1024:.0f}" for k, v in res["rss_kB_after"].items())
-          + f"; peak {res['VmHWM_kB'] / 1024:.0f} MiB")
+    print(
+        f"tile+embed {args.slides} slides: RSS (MiB) after "
+        + ", ".join(f"{k} slides {v / 1024:.0f}" for k, v in res["rss_kB_after"].items())
+        + f"; peak {res['VmHWM_kB'] / 1024:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -39,13 +39,19 @@ def tiles(size: int, channels: int) -> Iterator[np.ndarray]:
 def write_slide(path: Path, size: int, mpp: float = 0.5) -> None:
     import tifffile
 
-    meta = {"axes": "CYX", "Channel": {"Name": MARKERS}, "PhysicalSizeX": mpp,
-            "PhysicalSizeY": mpp}
+    meta = {"axes": "CYX", "Channel": {"Name": MARKERS}, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
     tmp = path.with_name(f".{path.name}.tmp")
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
-        tw.write(tiles(size, len(MARKERS)), shape=(len(MARKERS), size, size), dtype=np.uint16,
-                 tile=(TILE, TILE), compression="zstd", compressionargs={"level": 1},
-                 photometric="minisblack", metadata=meta)
+        tw.write(
+            tiles(size, len(MARKERS)),
+            shape=(len(MARKERS), size, size),
+            dtype=np.uint16,
+            tile=(TILE, TILE),
+            compression="zstd",
+            compressionargs={"level": 1},
+            photometric="minisblack",
+            metadata=meta,
+        )
     tmp.replace(path)
 
 
@@ -53,13 +59,31 @@ def child(ckpt: str, slide: str, out: str) -> None:
     from immunoplex.predict import predict
 
     t0 = time.time()
-    df = predict({"ckpt": ckpt, "input": slide, "out_dir": out, "heatmaps": False,
-                  "explain": False, "progress": False, "device": "cpu", "chunk_size": 512})
-    hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-               if ln.startswith("VmHWM"))
-    print(json.dumps({"patients": len(df), "seconds": round(time.time() - t0, 1),
-                      "VmHWM_kB": int(hwm.split()[1]),
-                      "ru_maxrss_kB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    df = predict(
+        {
+            "ckpt": ckpt,
+            "input": slide,
+            "out_dir": out,
+            "heatmaps": False,
+            "explain": False,
+            "progress": False,
+            "device": "cpu",
+            "chunk_size": 512,
+        }
+    )
+    hwm = next(
+        ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")
+    )
+    print(
+        json.dumps(
+            {
+                "patients": len(df),
+                "seconds": round(time.time() - t0, 1),
+                "VmHWM_kB": int(hwm.split()[1]),
+                "ru_maxrss_kB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -79,14 +103,28 @@ def main() -> None:
         t0 = time.time()
         write_slide(slide, args.size)
         print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.time() - t0:.0f} s")
-    proc = subprocess.run([sys.executable, __file__, "--child", "--ckpt", args.ckpt,
-                           "--slide", str(slide), "--out", args.out],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--ckpt",
+            args.ckpt,
+            "--slide",
+            str(slide),
+            "--out",
+            args.out,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         sys.exit(proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"predict on {args.size}x{args.size}x{len(MARKERS)}: peak RSS "
-          f"{result['VmHWM_kB'] / 2**20:.2f} GiB in {result['seconds']} s ({result})")
+    print(
+        f"predict on {args.size}x{args.size}x{len(MARKERS)}: peak RSS "
+        f"{result['VmHWM_kB'] / 2**20:.2f} GiB in {result['seconds']} s ({result})"
+    )
 
 
 if __name__ == "__main__":

@@ -549,7 +549,7 @@ class PredictOptions:
     """Plain values of ``configs/predict.yaml``."""
 
     ckpt: str
-    input: str
+    input: str | None
     out_dir: str
     expression: str | None = None
     clinical: str | None = None
@@ -932,10 +932,15 @@ def predict(cfg: Any) -> pd.DataFrame:
     opts = cfg if isinstance(cfg, PredictOptions) else PredictOptions.from_config(cfg)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if str(opts.ckpt).endswith(".json"):
+        return predict_elastic_net(opts, out_dir)
     pred = Predictor.load(opts.ckpt, opts.device, opts.required_markers)
-    patients = collect_inputs(
-        opts.input, pred.clinical_columns, opts.mpp, opts.input_kind, opts.cohort
-    )
+    if opts.input in (None, "", "none", "null"):
+        patients = expression_only_inputs(opts.expression, opts.cohort)
+    else:
+        patients = collect_inputs(
+            opts.input, pred.clinical_columns, opts.mpp, opts.input_kind, opts.cohort
+        )
     dup = pd.Series([p.patient_id for p in patients]).duplicated()
     if dup.any():
         raise ManifestError(
@@ -993,4 +998,42 @@ def predict(cfg: Any) -> pd.DataFrame:
             pred,
             top_genes=opts.top_genes,
         )
+    return df
+
+
+def expression_only_inputs(expression: str | Path | None, cohort: str | None) -> list[PatientInput]:
+    """No slides: one patient per sample of the expression table (expression-only models)."""
+    from immunoplex.expression import read_expression
+
+    if expression is None:
+        raise ConfigError("input=null needs expression=PATH (one patient per sample)")
+    table = read_expression(expression)
+    return [PatientInput(str(pid), [], cohort=cohort) for pid in table.values.index]
+
+
+def predict_elastic_net(opts: PredictOptions, out_dir: Path) -> pd.DataFrame:
+    """Score an expression table with an elastic-net model saved as JSON (scripts/loco_icb.py)."""
+    from immunoplex.expression import read_expression
+    from immunoplex.linear import predict_expression
+
+    path = Path(opts.ckpt)
+    if opts.expression is None:
+        raise ConfigError(f"{path}: an elastic-net model needs expression=PATH")
+    try:
+        model = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the elastic-net model ({err})") from err
+    table = read_expression(opts.expression)
+    prob = predict_expression(model, table, allow_missing=opts.allow_missing_genes)
+    threshold = float(model.get("threshold", 0.5))
+    df = pd.DataFrame(
+        {
+            "patient_id": [str(i) for i in table.values.index],
+            "probability": prob,
+            "predicted_class": np.where(prob >= threshold, "responder", "non-responder"),
+            "modalities": "expression",
+        }
+    )
+    header = {"checkpoint": str(path), "model": "elastic_net", "threshold": threshold}
+    write_predictions(out_dir, df, header)
     return df

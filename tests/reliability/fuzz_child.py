@@ -30,8 +30,12 @@ def _ome_bytes(compression: str | None, tile: tuple[int, int] | None) -> bytes:
     rng = np.random.default_rng(0)
     data = rng.integers(0, 4000, (3, 64, 48), dtype=np.uint16)
     buf = io.BytesIO()
-    meta = {"axes": "CYX", "Channel": {"Name": ["DAPI", "PanCK", "CD8"]}, "PhysicalSizeX": 0.5,
-            "PhysicalSizeY": 0.5}
+    meta = {
+        "axes": "CYX",
+        "Channel": {"Name": ["DAPI", "PanCK", "CD8"]},
+        "PhysicalSizeX": 0.5,
+        "PhysicalSizeY": 0.5,
+    }
     with tifffile.TiffWriter(buf, ome=True) as tw:
         tw.write(data, metadata=meta, compression=compression, tile=tile, photometric="minisblack")
     return buf.getvalue()
@@ -92,8 +96,13 @@ def main() -> None:
     np.zeros(1)  # noqa: B018 - warm imports before the limit bites
     (work / "a.tif").write_bytes(SEEDS["tiff"][0])
 
-    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(mutated(target))
     def run(blob: bytes) -> None:
         name = {"tiff": "x.ome.tif", "manifest": "manifest.csv", "expression": "expr.csv"}[target]

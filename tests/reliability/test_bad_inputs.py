@@ -134,8 +134,15 @@ def case_bad_slides_skipped_by_datamodule(tmp: Path) -> Outcome:
         tmp,
         n_per_class=3,
         extra_rows=[
-            {"slide_id": "bad", "patient_id": "p4", "image": "slides/bad.tif", "label": 0,
-             "cohort": "c1", "treatment": "anti-PD-1", "split": "train"},
+            {
+                "slide_id": "bad",
+                "patient_id": "p4",
+                "image": "slides/bad.tif",
+                "label": 0,
+                "cohort": "c1",
+                "treatment": "anti-PD-1",
+                "split": "train",
+            },
         ],
     )
     (tmp / "slides" / "bad.tif").write_text("not an image")
@@ -159,8 +166,14 @@ def case_bad_slide_skipped_by_tile_cli(tmp: Path) -> Outcome:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(
             "tile",
-            overrides=[f"manifest={manifest}", f"out_dir={tmp / 'tiles'}", "workers=1",
-                       "progress=false", "tiling.tile_size=16", "qc.enabled=false"],
+            overrides=[
+                f"manifest={manifest}",
+                f"out_dir={tmp / 'tiles'}",
+                "workers=1",
+                "progress=false",
+                "tiling.tile_size=16",
+                "qc.enabled=false",
+            ],
         )
     summary = tile_cohort(cfg)
     assert sorted(r["slide_id"] for r in summary.done) == ["s0", "s1"]
@@ -261,25 +274,36 @@ def _expr(tmp: Path, body: str) -> Path:
 def case_expression_nan(tmp: Path) -> Outcome:
     p = _expr(tmp, "patient_id,CD8A,GZMA\np1,1,2\np2,NaN,3\n")
     return _raises(ExpressionError, lambda: read_expression(p)), [
-        str(p), "sample 'p2' gene 'CD8A'", "missing (NaN)"]
+        str(p),
+        "sample 'p2' gene 'CD8A'",
+        "missing (NaN)",
+    ]
 
 
 def case_expression_inf(tmp: Path) -> Outcome:
     p = _expr(tmp, "patient_id,CD8A,GZMA\np1,1,-inf\np2,2,3\n")
     return _raises(ExpressionError, lambda: read_expression(p)), [
-        str(p), "sample 'p1' gene 'GZMA'", "infinite"]
+        str(p),
+        "sample 'p1' gene 'GZMA'",
+        "infinite",
+    ]
 
 
 def case_expression_negative_counts(tmp: Path) -> Outcome:
     p = _expr(tmp, "patient_id,CD8A,GZMA\np1,4,2\np2,-3,3\n")
     return _raises(ExpressionError, lambda: read_expression(p, counts=True)), [
-        str(p), "sample 'p2' gene 'CD8A'", "negative"]
+        str(p),
+        "sample 'p2' gene 'CD8A'",
+        "negative",
+    ]
 
 
 def case_expression_duplicated_sample(tmp: Path) -> Outcome:
     p = _expr(tmp, "patient_id,CD8A,GZMA\np1,1,2\np1,2,3\n")
     return _raises(ExpressionError, lambda: read_expression(p)), [
-        str(p), "duplicated sample id 'p1'"]
+        str(p),
+        "duplicated sample id 'p1'",
+    ]
 
 
 def case_expression_missing_genes(tmp: Path) -> Outcome:

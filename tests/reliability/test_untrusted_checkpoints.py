@@ -61,10 +61,20 @@ def test_genuine_checkpoint_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model_cfg", "where"),
     [
-        ({"_target_": "immunoplex.models.response_model.ResponseModel",
-          "hooks": [{"_target_": "os.system", "command": "true"}]}, "model.hooks[0]"),
-        ({"_target_": "immunoplex.models.response_model.ResponseModel",
-          "a": [[{"b": {"_target_": "builtins.exec"}}]]}, "model.a[0][0].b"),
+        (
+            {
+                "_target_": "immunoplex.models.response_model.ResponseModel",
+                "hooks": [{"_target_": "os.system", "command": "true"}],
+            },
+            "model.hooks[0]",
+        ),
+        (
+            {
+                "_target_": "immunoplex.models.response_model.ResponseModel",
+                "a": [[{"b": {"_target_": "builtins.exec"}}]],
+            },
+            "model.a[0][0].b",
+        ),
         ({"_target_": "immunoplexevil.run"}, "model"),  # prefix must be the package, with a dot
         ({"_target_": "torch.hub.load"}, "model"),
     ],
@@ -98,10 +108,14 @@ def test_targets_in_data_and_config_sections_are_never_instantiated(tmp_path: Pa
         ({"state_dict": {}, "immunoplex": {"model": "os.system", "dims": {}}}, "model config"),
         ({"state_dict": {}, "immunoplex": {"model": ["x"], "dims": {}}}, "model config"),
         ({"state_dict": {}, "immunoplex": {"model": {"name": "x"}, "dims": {}}}, "_target_"),
-        ({"state_dict": [], "immunoplex": {"model": {"_target_": "immunoplex.x"}, "dims": {}}},
-         "state_dict"),
-        ({"state_dict": {}, "immunoplex": {"model": {"_target_": "immunoplex.x"}, "dims": 3}},
-         "dims"),
+        (
+            {"state_dict": [], "immunoplex": {"model": {"_target_": "immunoplex.x"}, "dims": {}}},
+            "state_dict",
+        ),
+        (
+            {"state_dict": {}, "immunoplex": {"model": {"_target_": "immunoplex.x"}, "dims": 3}},
+            "dims",
+        ),
     ],
 )
 def test_malformed_sections_are_checkpoint_errors(

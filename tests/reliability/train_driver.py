@@ -57,8 +57,7 @@ def main() -> None:
         "data.num_workers=0",
         "data.prep_workers=1",
         "logger=csv",
-        "callbacks.model_checkpoint._target_="
-        "immunoplex.training.callbacks.AtomicModelCheckpoint",
+        "callbacks.model_checkpoint._target_=immunoplex.training.callbacks.AtomicModelCheckpoint",
         "~callbacks.early_stopping",
         *extra,
     ]

@@ -13,7 +13,9 @@ from .helpers import compose_train, fast_overrides
 
 def test_cv_runs_every_fold_and_summarises(tiny_cohort: Path, tmp_path: Path) -> None:
     over = fast_overrides(tiny_cohort, epochs=1) + [
-        "data.split.mode=kfold", "data.split.n_folds=2", "callbacks=none",
+        "data.split.mode=kfold",
+        "data.split.n_folds=2",
+        "callbacks=none",
     ]
     cfg = compose_train(over, tmp_path)
     assert [Path(c.paths.output_dir).name for c in fold_configs(cfg)] == ["fold0", "fold1"]
@@ -22,8 +24,10 @@ def test_cv_runs_every_fold_and_summarises(tiny_cohort: Path, tmp_path: Path) ->
     assert table["test_auroc"].between(0, 1).all()
     md = (tmp_path / "cv_summary.md").read_text()
     assert "| test_auroc |" in md and "±" in md
-    tests = [set(pd.read_csv(tmp_path / f"fold{k}" / "predictions_test.csv")["patient_id"])
-             for k in (0, 1)]
+    tests = [
+        set(pd.read_csv(tmp_path / f"fold{k}" / "predictions_test.csv")["patient_id"])
+        for k in (0, 1)
+    ]
     assert not tests[0] & tests[1]  # every labelled patient tested exactly once
     again = collect_folds([tmp_path / "fold0", tmp_path / "fold1"], tmp_path / "collected")
     assert list(again["test_auroc"]) == list(table["test_auroc"])

@@ -27,9 +27,7 @@ def learn_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_multimodal_model_learns_above_chance(learn_cohort: Path, tmp_path: Path) -> None:
     cfg = compose_train(fast_overrides(learn_cohort, epochs=8), output_dir=tmp_path)
     summary = train(cfg)
-    held_out = pd.concat(
-        [pd.read_csv(tmp_path / f"predictions_{s}.csv") for s in ("val", "test")]
-    )
+    held_out = pd.concat([pd.read_csv(tmp_path / f"predictions_{s}.csv") for s in ("val", "test")])
     assert len(held_out) >= 40
     auroc = roc_auc_score(held_out["label"], held_out["logit"])
     truth = pd.read_csv(learn_cohort / "truth.csv", dtype={"patient_id": str})
