@@ -111,9 +111,7 @@ def load_cohort(
         raise ManifestError(
             f"{path}:{r['row_number']}: split {r['split']!r} is not train/val/test/empty"
         )
-    df["image_path"] = [
-        (path.parent / p).resolve() if not Path(p).is_absolute() else Path(p) for p in df["image"]
-    ]
+    df["image_path"] = [_image_path(path, p, r) for p, r in zip(df["image"], df["row_number"])]
     if check_images:
         for row in df.itertuples():
             if not Path(row.image_path).exists():
@@ -127,6 +125,15 @@ def load_cohort(
         df[col] = _numeric_column(df, col, path, allow_empty=True)
     patients = _patients_from_slides(df, path, clinical)
     return Cohort(manifest=path, slides=df, patients=patients, clinical_columns=clinical)
+
+
+def _image_path(manifest: Path, image: str, row: int) -> Path:
+    """An image path resolved relative to the manifest; unusable paths are a row error."""
+    try:
+        p = Path(image)
+        return p if p.is_absolute() else (manifest.parent / p).resolve()
+    except (ValueError, OSError) as err:
+        raise ManifestError(f"{manifest}:{row}: image path {image!r} is not usable ({err})") from err
 
 
 def _numeric_column(df: pd.DataFrame, col: str, path: Path, allow_empty: bool) -> pd.Series:

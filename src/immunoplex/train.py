@@ -168,13 +168,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     # weights_only: resuming never unpickles arbitrary objects from the checkpoint file.
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    ckpt_cb = trainer.checkpoint_callback
     select = cfg.get("select_checkpoint", "best")
     if select not in ("best", "last"):
         raise ConfigError(f"select_checkpoint={select!r}: use 'best' or 'last'")
     chosen = ""
-    if ckpt_cb is not None:
-        chosen = ckpt_cb.last_model_path if select == "last" else ckpt_cb.best_model_path
+    for cb in trainer.checkpoint_callbacks:
+        monitored = getattr(cb, "monitor", None) is not None
+        path = cb.best_model_path if monitored else cb.last_model_path or cb.best_model_path
+        if path and (monitored == (select == "best") or not chosen):
+            chosen = path
     best = Path(chosen) if chosen else None
     if best is None or not best.is_file():
         best = out_dir / "checkpoints" / "last.ckpt"

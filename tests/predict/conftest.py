@@ -49,7 +49,7 @@ def sub_manifest(cohort: Path, out: Path, patients: list[str]) -> Path:
 #: A `small`-sized cohort whose response is driven mostly by what the images show (intratumoural
 #: CD8 effect x2, no expression-only effect): an image model learns it in minutes on a CPU.
 STRONG_IMAGE_SIGNAL = {
-    "n_patients": 100,
+    "n_patients": 300,
     "truth.effects.image_only.cd8_intratumoural": 3.0,
     "truth.effects.expression_only.ifn": 0.0,
     "truth.effects.intercept": 0.0,

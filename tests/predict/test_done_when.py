@@ -67,7 +67,7 @@ def signal_predictions(
     """An image model trained on the image-signal cohort, run over every patient + explanations."""
     cohort = image_signal_cohort
     ckpt = train_checkpoint(
-        cohort, tmp_path_factory.mktemp("run_signal"), epochs=40, extra=["model=image_only"]
+        cohort, tmp_path_factory.mktemp("run_signal"), epochs=25, extra=["model=image_only"]
     )
     out = tmp_path_factory.mktemp("pred_signal")
     df = predict(

@@ -29,7 +29,7 @@ def test_every_size_composes(size):
 
 def test_sizes_are_ordered():
     n = [resolve_settings(k)["n_patients"] for k in ("tiny", "small", "default", "large")]
-    assert n == sorted(n) and n[0] <= 30 and 150 <= n[2] <= 250 and n[3] >= 1000
+    assert n == sorted(n) and n[0] <= 30 and 300 <= n[2] <= 500 and n[3] >= 1000
 
 
 def test_overrides_and_knobs():

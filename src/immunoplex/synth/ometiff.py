@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,11 @@ def write_ome_tiff(
         raise ValueError(f"{path}: data {data.shape} does not match {len(channel_names)} channels")
     path = Path(path)
     levels = pyramid(data, min_level_side)
+    # A UUID derived from the content (tifffile's default is time-based), so that the same seed
+    # gives byte-identical files.
+    digest = hashlib.sha1(np.ascontiguousarray(data[:, ::16, ::16]).tobytes()).hexdigest()
     metadata = {
+        "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"immunoplex-synth/{path.name}/{digest}")),
         "axes": "CYX",
         "Name": name or path.name.split(".")[0],
         "Channel": {"Name": list(channel_names)},
