@@ -133,7 +133,9 @@ def _image_path(manifest: Path, image: str, row: int) -> Path:
         p = Path(image)
         return p if p.is_absolute() else (manifest.parent / p).resolve()
     except (ValueError, OSError) as err:
-        raise ManifestError(f"{manifest}:{row}: image path {image!r} is not usable ({err})") from err
+        raise ManifestError(
+            f"{manifest}:{row}: image path {image!r} is not usable ({err})"
+        ) from err
 
 
 def _numeric_column(df: pd.DataFrame, col: str, path: Path, allow_empty: bool) -> pd.Series:
