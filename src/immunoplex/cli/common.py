@@ -22,13 +22,3 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(2) from None
 
     return wrapper
-
-
-def find_cause(err: BaseException) -> ImmunoplexError | None:
-    """The ImmunoplexError behind an exception Hydra wrapped, if any."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, ImmunoplexError):
-            return seen
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    return None

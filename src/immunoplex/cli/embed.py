@@ -9,13 +9,12 @@ experiment=two_stage` afterwards finds every embedding in the cache.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from immunoplex.errors import ImmunoplexError
+from immunoplex.cli.common import friendly_errors
+from immunoplex.errors import ConfigError
 from immunoplex.paths import config_dir
 
 
@@ -27,7 +26,7 @@ def embed(cfg: DictConfig) -> dict[str, int]:
     shard = int(cfg.get("embed", {}).get("shard", 0))
     num_shards = int(cfg.get("embed", {}).get("num_shards", 1))
     if not 0 <= shard < num_shards:
-        raise ImmunoplexError(f"embed.shard={shard} outside 0..{num_shards - 1}")
+        raise ConfigError(f"embed.shard={shard} outside 0..{num_shards - 1}")
     dm = ResponseDataModule(data_config_from(cfg.data, int(cfg.seed)))
     dm.prepare_data()
     dm.setup()
@@ -40,12 +39,9 @@ def embed(cfg: DictConfig) -> dict[str, int]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@friendly_errors
 def _main(cfg: DictConfig) -> None:
-    try:
-        report = embed(cfg)
-    except ImmunoplexError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    report = embed(cfg)
     print(f"embeddings: {report['computed']} computed, {report['cached']} already cached")
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from immunoplex.errors import ImmunoplexError
+from immunoplex.cli.common import friendly_errors
 from immunoplex.paths import config_dir
 
 
@@ -41,14 +40,11 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@friendly_errors
 def _main(cfg: DictConfig) -> float | None:
     from immunoplex.train import train
 
-    try:
-        summary = train(cfg)
-    except ImmunoplexError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    summary = train(cfg)
     if summary:
         print(format_summary(summary))
         metric = summary.get("val_auroc")
