@@ -117,7 +117,7 @@ class ResponseDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tile every slide once into the on-disk cache (parallel, resumable, atomic)."""
-        cohort = load_cohort(self.cfg.manifest, list(self.cfg.clinical_columns))
+        cohort = self._load_cohort()
         jobs = [
             (
                 self.cfg.cache_dir,
@@ -140,6 +140,12 @@ class ResponseDataModule(L.LightningDataModule):
             raise ManifestError(bad[0])
         self._prepared = True
 
+    def _load_cohort(self) -> Cohort:
+        """Read and validate the manifest once (prepare_data and setup share it)."""
+        if self.cohort is None:
+            self.cohort = load_cohort(self.cfg.manifest, list(self.cfg.clinical_columns))
+        return self.cohort
+
     @staticmethod
     def _slide_mpp(row: Any) -> float | None:
         mpp = getattr(row, "mpp", None)
@@ -150,8 +156,7 @@ class ResponseDataModule(L.LightningDataModule):
         if self.records:
             return
         cfg = self.cfg
-        cohort = load_cohort(cfg.manifest, list(cfg.clinical_columns))
-        self.cohort = cohort
+        cohort = self._load_cohort()
         sc = cfg.split
         self.split = make_split(
             cohort.patients,
