@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -103,6 +104,7 @@ def main() -> None:
         t0 = time.time()
         write_slide(slide, args.size)
         print(f"wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in {time.time() - t0:.0f} s")
+    shutil.rmtree(args.out, ignore_errors=True)  # a finished earlier run would be skipped
     proc = subprocess.run(
         [
             sys.executable,

@@ -32,6 +32,7 @@ from immunoplex.data.slides import slide_tiles
 from immunoplex.data.transforms import normalise_tiles
 from immunoplex.errors import ConfigError, ExpressionError, ImmunoplexError, ManifestError
 from immunoplex.expression import ExpressionNormalizer, GeneReport, harmonise_genes
+from immunoplex.intensity import IntensityNorm
 from immunoplex.io.folder import TIFF_SUFFIXES, stem
 from immunoplex.io.panel import Panel
 from immunoplex.tilecache import TileCache, file_fingerprint, slide_fingerprint
@@ -627,49 +628,158 @@ class PatientContext:
     clinical_table: dict[str, dict[str, float]]
 
 
-def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, dict[str, Any]]:
-    """Tile (or load from cache) one slide in the model's panel; its info for the output."""
-    pred = ctx.pred
-    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp, required=pred.required)
-    missing = [m for m, ok in zip(ts.channels, ts.present, strict=True) if not ok]
-    info = {
-        "slide_id": s.slide_id,
-        "path": str(s.path),
-        "n_tiles": int(len(ts.coords)),
-        "slide_channels": list(ts.slide_channels),
-        "markers_used": [m for m, ok in zip(ts.channels, ts.present, strict=True) if ok],
-        "markers_missing": missing,
-        "mpp_override": s.mpp,
-    }
+def _slide_info(
+    s: SlideInput,
+    n_tiles: int,
+    slide_channels: Sequence[str],
+    panel: Sequence[str],
+    present: Sequence[bool],
+) -> dict[str, Any]:
+    """A slide's record in the output: tiles, channels, markers used and missing."""
+    missing = [m for m, ok in zip(panel, present, strict=True) if not ok]
     if missing:
         log.warning(
             "%s: degraded mode, markers missing %s (zero-filled and masked)", s.slide_id, missing
         )
-    if len(ts.coords) == 0:
+    if n_tiles == 0:
         log.warning("%s: no tissue tiles; the slide contributes no image input", s.slide_id)
+    return {
+        "slide_id": s.slide_id,
+        "path": str(s.path),
+        "n_tiles": int(n_tiles),
+        "slide_channels": list(slide_channels),
+        "markers_used": [m for m, ok in zip(panel, present, strict=True) if ok],
+        "markers_missing": missing,
+        "mpp_override": s.mpp,
+    }
+
+
+def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, dict[str, Any]]:
+    """Tile one slide into the tile cache (explanations need the pixels); its output info."""
+    pred = ctx.pred
+    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp, required=pred.required)
+    info = _slide_info(s, len(ts.coords), ts.slide_channels, ts.channels, ts.present)
+    if len(ts.coords) == 0:
         return None, info
     return slide_tiles(ts, s.slide_id, pred.low_pct, pred.high_pct), info
 
 
-def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
-    """Predict one patient; write its per-slide files; return its result record."""
-    pred, opts = ctx.pred, ctx.opts
-    model, dev = pred.model, pred.device
+def _skip_or_raise(ctx: PatientContext, err: ImmunoplexError, errors: list[str]) -> None:
+    if ctx.opts.on_bad_slide != "skip":
+        raise err
+    errors.append(str(err))
+    log.warning("skipping slide: %s", err)
+
+
+def _cached_slides(
+    ctx: PatientContext, p: PatientInput, errors: list[str]
+) -> tuple[list[SlideTiles], list[dict[str, Any]]]:
     slides: list[SlideTiles] = []
     infos: list[dict[str, Any]] = []
-    errors: list[str] = []
     for s in p.slides:
         try:
             st, info = _load_slide(ctx, s)
         except ImmunoplexError as err:
-            if opts.on_bad_slide != "skip":
-                raise
-            errors.append(str(err))
-            log.warning("skipping slide: %s", err)
+            _skip_or_raise(ctx, err, errors)
             continue
         infos.append(info)
         if st is not None:
             slides.append(st)
+    return slides, infos
+
+
+def _streamed_slides(
+    ctx: PatientContext, p: PatientInput, errors: list[str]
+) -> tuple[list[SlideTiles], list[dict[str, Any]]]:
+    """Open every slide (panel match + tile grid), then stream each one's tiles through the
+    encoder with the patient's channel mask; only coordinates and embeddings are kept."""
+    from immunoplex.predict_stream import (
+        LazyTiles,
+        embed_streamed,
+        fit_slide_norm,
+        open_for_streaming,
+        streamed_slide_tiles,
+    )
+
+    pred = ctx.pred
+    model, dev = pred.model, pred.device
+    n_channels = len(pred.markers)
+    uses_image = "image" in pred.modalities
+    opened = []
+    try:
+        for s in p.slides:
+            try:
+                opened.append(
+                    (
+                        s,
+                        open_for_streaming(
+                            s.path, s.slide_id, pred.panel, pred.params, s.mpp, pred.required
+                        ),
+                    )
+                )
+            except ImmunoplexError as err:
+                _skip_or_raise(ctx, err, errors)
+        while True:  # a slide that fails while reading is dropped (skip mode) and the rest redone
+            with_tiles = [o for _, o in opened if len(o.grid)]
+            present = np.ones(n_channels, dtype=bool)
+            for o in with_tiles:
+                present &= o.present
+            cm = torch.from_numpy(present).to(dev)
+            slides: list[SlideTiles] = []
+            failed = None
+            for s, o in opened:
+                if not len(o.grid):
+                    continue
+                if not uses_image:  # the model reads no pixels: the grid alone (tile count)
+                    norm = IntensityNorm([0.0] * n_channels, [1.0] * n_channels, o.match.present)
+                    slides.append(streamed_slide_tiles(o, norm, np.zeros((len(o.grid), 0))))
+                    continue
+                try:
+                    norm = fit_slide_norm(
+                        LazyTiles(o, n_channels), o.present, pred.low_pct, pred.high_pct
+                    )
+                    emb = embed_streamed(
+                        lambda x, cm=cm: model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1)),
+                        o,
+                        n_channels,
+                        norm,
+                        dev,
+                        ctx.opts.chunk_size,
+                    )
+                except ImmunoplexError as err:
+                    _skip_or_raise(ctx, err, errors)
+                    failed = (s, o)
+                    break
+                slides.append(streamed_slide_tiles(o, norm, emb.float().cpu().numpy()))
+            if failed is None:
+                break
+            failed[1].close()
+            opened.remove(failed)
+        infos = [
+            _slide_info(s, len(o.grid), o.slide.channels, pred.markers, o.match.present)
+            for s, o in opened
+        ]
+        return slides, infos
+    finally:
+        for _, o in opened:
+            o.close()
+
+
+def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
+    """Predict one patient; write its per-slide files; return its result record.
+
+    Without explanations slides are streamed (read -> encode -> discard; memory independent of
+    slide size); explanations re-encode tiles with markers occluded, so they use the tile cache.
+    """
+    pred, opts = ctx.pred, ctx.opts
+    model, dev = pred.model, pred.device
+    errors: list[str] = []
+    uses_image = "image" in pred.modalities
+    streamed = not opts.explain
+    if streamed:
+        slides, infos = _streamed_slides(ctx, p, errors)
+    else:
+        slides, infos = _cached_slides(ctx, p, errors)
     t_idx, t_name, t_src = treatment_index(pred, opts.treatment or p.treatment)
     clin = dict(p.clinical)
     clin.update(ctx.clinical_table.get(p.patient_id, {}))
@@ -689,12 +799,23 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
             + (f"; {errors[0]}" if errors else "")
             + ", no expression)"
         )
-    ds = PatientBagDataset([rec], len(pred.markers), pred.n_genes, bag_size=None)
+    tile_dim = int(getattr(model, "tile_embedding_dim", 0) or 1)
+    ds = PatientBagDataset(
+        [rec],
+        len(pred.markers),
+        pred.n_genes,
+        bag_size=None,
+        embedding_dim=tile_dim if streamed else None,
+    )
     batch = collate_bags([ds[0]])
-    uses_image = "image" in pred.modalities
     with torch.no_grad():
-        emb = embed_bag(model, batch, dev, opts.chunk_size) if uses_image and slides else None
-        mb = model_batch(batch, emb, dev, int(getattr(model, "tile_embedding_dim", 0) or 1))
+        if not (uses_image and slides):  # no image input (an expression-only model reads none)
+            emb = None
+        elif streamed:
+            emb = batch["embeddings"][0].to(dev)
+        else:
+            emb = embed_bag(model, batch, dev, opts.chunk_size)
+        mb = model_batch(batch, emb, dev, tile_dim)
         out = model(mb)
         logit = float(out["logit"][0])
         attn = out.get("attention")

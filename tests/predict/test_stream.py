@@ -1,0 +1,158 @@
+"""Streaming inference: read -> encode -> discard gives the cached path's results, in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import immunoplex.predict_stream as ps
+from immunoplex.errors import SlideReadError
+from immunoplex.io.panel import Panel
+from immunoplex.predict import PredictOptions, Predictor, predict, safe_name
+from immunoplex.tiling import read_tiles
+from tests.predict.conftest import sub_manifest
+
+
+def _patients(cohort: Path, n_single: int) -> list[str]:
+    """Every patient with two slides plus ``n_single`` with one."""
+    m = pd.read_csv(cohort / "manifest.csv", dtype=str, keep_default_na=False)
+    counts = m.groupby("patient_id").size()
+    two = counts[counts > 1].index.tolist()
+    assert two, "the tiny cohort should have a patient with two slides"
+    return two + counts[counts == 1].index.tolist()[:n_single]
+
+
+def _run(ckpt: Path, manifest: Path, out: Path, **kw: object) -> pd.DataFrame:
+    return predict(
+        PredictOptions(
+            ckpt=str(ckpt),
+            input=str(manifest),
+            out_dir=str(out),
+            heatmaps=False,
+            progress=False,
+            **kw,  # type: ignore[arg-type]
+        )
+    ).set_index("patient_id")
+
+
+def test_streamed_equals_cached_path(trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    """explain=true tiles into the cache and embeds from it; default streams: same numbers."""
+    ids = _patients(tiny_cohort, 3)
+    manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
+    expr = str(tiny_cohort / "expression.csv")
+    streamed = _run(trained_ckpt, manifest, tmp_path / "s", expression=expr, chunk_size=3)
+    cached = _run(trained_ckpt, manifest, tmp_path / "c", expression=expr, explain=True)
+    np.testing.assert_allclose(streamed.loc[ids, "logit"], cached.loc[ids, "logit"], atol=1e-5)
+    assert (streamed.loc[ids, "n_tiles"] == cached.loc[ids, "n_tiles"]).all()
+    sid = streamed.loc[ids[0], "slide_ids"][0]
+    a = pd.read_csv(tmp_path / "s" / "slides" / safe_name(sid) / "tiles.csv")
+    b = pd.read_csv(tmp_path / "c" / "slides" / safe_name(sid) / "tiles.csv")
+    assert len(a) > 3  # several batches of 3
+    np.testing.assert_array_equal(a[["y", "x"]], b[["y", "x"]])
+    np.testing.assert_allclose(a["attention"], b["attention"], atol=1e-6)
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+    assert not (tmp_path / "s" / "cache").exists() or not any((tmp_path / "s" / "cache").iterdir())
+    assert any((tmp_path / "c" / "cache").iterdir())
+
+
+def test_streaming_reads_bounded_batches(
+    trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No read asks for more than chunk_size tiles; every tile is read exactly once to encode."""
+    sizes: list[int] = []
+    seen: list[np.ndarray] = []
+    real = ps.LazyTiles.read
+
+    def spy(self: ps.LazyTiles, sel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        sizes.append(len(sel))
+        if out is not None:  # encoding reads (statistics sampling passes no buffer)
+            seen.append(np.asarray(sel).copy())
+        return real(self, sel, out)
+
+    monkeypatch.setattr(ps.LazyTiles, "read", spy)
+    ids = _patients(tiny_cohort, 0)[:1]
+    manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
+    df = _run(trained_ckpt, manifest, tmp_path / "o", chunk_size=3)
+    n = int(df["n_tiles"].iloc[0])
+    enc = np.concatenate(seen)
+    assert max(len(s) for s in seen) == 3
+    assert len(enc) == n  # two slides: each tile once, no duplicates
+    assert max(sizes) <= max(3, n)  # the statistics sample is at most the whole slide
+
+
+def test_lazy_tiles_match_a_whole_slide_read(trained_ckpt: Path, tiny_cohort: Path) -> None:
+    """LazyTiles[idx] is the cache's (N, C, T, T) array in panel order, absent markers zero."""
+    pred = Predictor.load(trained_ckpt, "cpu")
+    slide_path = tiny_cohort / "slides" / "S0001.ome.tif"
+    panel = Panel.from_dict({**pred.panel.to_dict(), "markers": [*pred.panel.markers, "FOXP3"]})
+    o = ps.open_for_streaming(slide_path, "s", panel, pred.params, None, required=[])
+    try:
+        lazy = ps.LazyTiles(o, len(panel.markers))
+        full = np.zeros(lazy.shape, lazy.dtype)
+        read_tiles(o.slide, o.grid, o.src, out=full, out_channels=o.dst)
+        assert len(lazy) >= 2
+        idx = np.array([len(lazy) - 1, 0])
+        np.testing.assert_array_equal(lazy[idx], full[idx])
+        np.testing.assert_array_equal(lazy[1:], full[1:])
+        assert lazy[idx][:, :-1].any() and not lazy[idx][:, -1].any()  # FOXP3 is not on the slide
+        norm = ps.fit_slide_norm(lazy, o.present, pred.low_pct, pred.high_pct)
+        ref = ps.fit_slide_norm(full, o.present, pred.low_pct, pred.high_pct)
+        assert norm.low == ref.low and norm.high == ref.high
+    finally:
+        o.close()
+
+
+def test_prefetch_and_batch_size_do_not_change_embeddings(
+    trained_ckpt: Path, tiny_cohort: Path
+) -> None:
+    pred = Predictor.load(trained_ckpt, "cpu")
+    o = ps.open_for_streaming(
+        tiny_cohort / "slides" / "S0001.ome.tif", "s", pred.panel, pred.params, None, None
+    )
+    try:
+        c = len(pred.panel.markers)
+        norm = ps.fit_slide_norm(ps.LazyTiles(o, c), o.present, pred.low_pct, pred.high_pct)
+        cm = torch.from_numpy(o.present)
+
+        def enc(x: torch.Tensor) -> torch.Tensor:
+            return pred.model.embed_tiles(x, cm.expand(x.shape[0], -1))
+
+        cpu = torch.device("cpu")
+        e1 = ps.embed_streamed(enc, o, c, norm, cpu, batch_size=1)
+        e2 = ps.embed_streamed(enc, o, c, norm, cpu, batch_size=64, prefetch=False)
+        assert e1.shape == (len(o.grid), pred.model.tile_embedding_dim)
+        torch.testing.assert_close(e1, e2, atol=1e-5, rtol=1e-5)
+    finally:
+        o.close()
+
+
+def test_a_slide_failing_mid_read_is_skipped_and_reported(
+    trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """on_bad_slide=skip: a read error while streaming drops that slide; the other one is used."""
+    ids = _patients(tiny_cohort, 0)[:1]
+    manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
+    full = _run(trained_ckpt, manifest, tmp_path / "full")
+    bad_sid = full["slide_ids"].iloc[0][0]
+    real = ps.embed_streamed
+
+    def failing(encode, s, *a, **kw):  # type: ignore[no-untyped-def]
+        if s.slide_id == bad_sid:
+            raise SlideReadError(f"{s.path}: truncated segment (test)")
+        return real(encode, s, *a, **kw)
+
+    monkeypatch.setattr(ps, "embed_streamed", failing)
+    with pytest.raises(SlideReadError, match="truncated segment"):
+        _run(trained_ckpt, manifest, tmp_path / "err")
+    df = _run(trained_ckpt, manifest, tmp_path / "skip", on_bad_slide="skip")
+    row = df.iloc[0]
+    assert (
+        bad_sid not in row["slide_ids"]
+        and len(row["slide_ids"]) == len(full["slide_ids"].iloc[0]) - 1
+    )
+    assert "truncated segment" in str(row["skipped_slides"])
+    assert 0 < row["n_tiles"] < full["n_tiles"].iloc[0]
