@@ -126,16 +126,16 @@ def tile_table(heat: SlideHeat, geo: Geometry) -> pd.DataFrame:
 
 def geojson(heat: SlideHeat, geo: Geometry) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of tile polygons QuPath imports as ``tile`` objects."""
-    boxes = level0_boxes(heat.coords, heat.tile_size, geo)
+    boxes = np.round(level0_boxes(heat.coords, heat.tile_size, geo), 3).tolist()
     table = tile_table(heat, geo)
+    values = {
+        k: table[k].to_numpy(np.float64).tolist() for k in ("attention", "attention_rel", "score")
+    }
+    ranks = table["attention_rank"].to_numpy().tolist()
     feats = []
-    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        meas = {}
-        for key in ("attention", "attention_rel", "score"):
-            v = float(table[key].iat[i])
-            if math.isfinite(v):
-                meas[key] = v
-        meas["attention_rank"] = int(table["attention_rank"].iat[i])
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        meas: dict[str, float | int] = {k: v[i] for k, v in values.items() if math.isfinite(v[i])}
+        meas["attention_rank"] = int(ranks[i])
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
         feats.append(
             {
@@ -143,7 +143,7 @@ def geojson(heat: SlideHeat, geo: Geometry) -> dict[str, Any]:
                 "id": f"{heat.slide_id}-tile-{i}",
                 "geometry": {
                     "type": "Polygon",
-                    "coordinates": [[[round(a, 3), round(b, 3)] for a, b in ring]],
+                    "coordinates": [ring],
                 },
                 "properties": {
                     "objectType": "tile",
