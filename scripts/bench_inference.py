@@ -7,10 +7,11 @@ against max(reading alone, model alone), measured in the same run.
 The slide (zstd, 256-px tiles, 3-level pyramid, panel markers + one extra channel, a round tissue
 region) is written once tile by tile from a generator into the cache dir and never held in
 memory. A checkpoint of the default multimodal model is trained once (1 epoch, tiny cohort).
-Sides: "predict" = ``predict(cfg)`` on the slide with a fresh tile cache and output dir
+Sides: "predict" = ``predict(cfg)`` on the slide with a fresh output dir (the slide is streamed)
 (heatmaps off: rendering is not part of reading or compute); "read" = open_slide + tile grid +
 ``read_tiles`` (what the tile cache does, minus writing it); "model" = what predict_patient runs
-on the device for the already-read bag (embed_bag, forward, counterfactuals, tile scores).
+on the device for the already-read bag (normalise + encode in batches of 512 as the streaming
+path does, forward, counterfactuals, tile scores).
 Last line: ``RATIO inference=<predict / max(read, model)> target<=1.25 PASS|MISS``.
 """
 
@@ -147,8 +148,10 @@ def main() -> None:
     from immunoplex.data.bags import PatientBagDataset, PatientRecord, collate_bags
     from immunoplex.data.slides import slide_tiles
     from immunoplex.errors import CheckpointError
+    from immunoplex.intensity import IntensityNorm
     from immunoplex.io import open_slide
-    from immunoplex.predict import Predictor, embed_bag, model_batch, predict, tile_scores
+    from immunoplex.predict import Predictor, model_batch, predict, tile_scores
+    from immunoplex.predict_stream import tile_normaliser
     from immunoplex.tilecache import TileCache
     from immunoplex.tiling import make_tile_grid, read_tiles, resolve_channels
 
@@ -203,9 +206,21 @@ def main() -> None:
         flush=True,
     )
 
+    normalise = tile_normaliser(
+        np.dtype(ts.tiles.dtype),
+        IntensityNorm(st.low.tolist(), st.high.tolist(), st.present.tolist()),
+        device,
+    )
+    cm = batch["channel_mask"][0].to(device)
+
     @torch.no_grad()
     def model_alone() -> None:
-        emb = embed_bag(pred.model, batch, device, 512)
+        tiles = batch["tiles"][0]
+        parts = []
+        for a in range(0, n_tiles, 512):
+            x = normalise(tiles[a : a + 512].numpy())
+            parts.append(pred.model.embed_tiles(x, cm.expand(x.shape[0], -1)))
+        emb = torch.cat(parts)
         mb = model_batch(batch, emb, device)
         pred.model(mb)
         pred.model.counterfactual_logits(mb)

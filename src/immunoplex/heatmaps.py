@@ -530,10 +530,10 @@ def write_slide_heatmaps(
         tile_table(heat, geo).to_csv(tmp, index=False)
         os.replace(tmp, out_dir / "tiles.csv")
         files["tiles"] = "tiles.csv"
-        atomic_write_text(out_dir / "tiles.geojson", json.dumps(geojson(heat, geo)))
-        files["geojson"] = "tiles.geojson"
         if not images:
             return files
+        atomic_write_text(out_dir / "tiles.geojson", json.dumps(geojson(heat, geo)))
+        files["geojson"] = "tiles.geojson"
         info = write_ome_heatmap(out_dir / "heatmap.ome.tif", heat, geo, max_side)
         files["ome_tiff"] = "heatmap.ome.tif"
         style = render_heatmap_png(out_dir / "heatmap.png", slide, heat, geo, markers)

@@ -72,14 +72,100 @@ def normalise_torch(
     return z.nan_to_num_(nan=0.0, posinf=1.0, neginf=0.0)
 
 
-def _pixel_sample(tiles: np.ndarray, max_pixels: int, rng: np.random.Generator) -> np.ndarray:
+class IntegerLUT:
+    """Normalisation of integer tiles (uint8/uint16) as a per-channel lookup table.
+
+    The table is :func:`normalise_torch` applied to every representable value, so looking a pixel
+    up gives the value the elementwise path computes (to float rounding) at a fraction of the cost
+    (one gather instead of clamp, scale and arcsinh per pixel).
+    """
+
+    def __init__(
+        self,
+        dtype: np.dtype,
+        low: Any,
+        high: Any,
+        method: str = "arcsinh",
+        cofactor: float = 0.05,
+        device: Any = "cpu",
+    ) -> None:
+        import torch
+
+        dtype = np.dtype(dtype)
+        if dtype.kind != "u" or dtype.itemsize > 2:
+            raise ConfigError(f"IntegerLUT needs uint8 or uint16 tiles, got {dtype}")
+        values = torch.arange(2 ** (8 * dtype.itemsize), dtype=torch.float32, device=device)
+        lo = torch.as_tensor(low, dtype=torch.float32, device=device)[:, None]
+        hi = torch.as_tensor(high, dtype=torch.float32, device=device)[:, None]
+        with torch.no_grad():
+            self.table = normalise_torch(
+                values[None, :].expand(len(lo), -1), lo, hi, method, cofactor
+            )
+
+    @classmethod
+    def supports(cls, dtype: np.dtype) -> bool:
+        return np.dtype(dtype).kind == "u" and np.dtype(dtype).itemsize <= 2
+
+    def __call__(self, tiles: np.ndarray) -> Any:
+        """(M, C, T, T) integer numpy tiles -> float32 normalised torch tiles on the table's
+        device (on CPU a numpy gather, about 5x faster than clamp + arcsinh per pixel)."""
+        import torch
+
+        if self.table.device.type == "cpu":
+            table = self.table.numpy()
+            out = np.empty(tiles.shape, np.float32)
+            for c in range(tiles.shape[1]):
+                np.take(table[c], tiles[:, c], out=out[:, c])
+            return torch.from_numpy(out)
+        x = torch.from_numpy(tiles.astype(np.int32)).to(self.table.device)
+        res = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for c in range(x.shape[1]):
+            res[:, c] = self.table[c][x[:, c].long()]
+        return res
+
+
+def _sample_tiles(
+    n: int,
+    n_take: int,
+    rng: np.random.Generator,
+    coords: np.ndarray | None,
+    tile_size: int,
+    block_tiles: int,
+) -> np.ndarray:
+    """Sorted indices of ``n_take`` of ``n`` tiles.
+
+    Without ``coords``: uniformly at random. With ``coords`` (N, 2) top-left corners: whole blocks
+    of ``block_tiles`` x ``block_tiles`` grid cells in random order (the last one trimmed), so a
+    slide read for its statistics decodes a few file segments rather than nearly all of them.
+    """
+    if n_take >= n:
+        return np.arange(n)
+    if coords is None:
+        return np.sort(rng.choice(n, size=n_take, replace=False))
+    side = max(1, tile_size * block_tiles)
+    _, block = np.unique(np.asarray(coords) // side, axis=0, return_inverse=True)
+    block = block.ravel()
+    order = rng.permutation(int(block.max()) + 1)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    by_block = np.argsort(rank[block], kind="stable")  # tiles of the first drawn block first
+    return np.sort(by_block[:n_take])
+
+
+def _pixel_sample(
+    tiles: np.ndarray,
+    max_pixels: int,
+    rng: np.random.Generator,
+    coords: np.ndarray | None = None,
+    block_tiles: int = 8,
+) -> np.ndarray:
     """(C, K) pixels sampled from (N, C, T, T) tiles, at most ``max_pixels`` per channel."""
     n, c = tiles.shape[:2]
     per_tile = int(np.prod(tiles.shape[2:]))
     if n == 0:
         return np.zeros((c, 0), np.float32)
     n_take = min(n, max(1, max_pixels // max(per_tile, 1)))
-    idx = np.sort(rng.choice(n, size=n_take, replace=False)) if n_take < n else np.arange(n)
+    idx = _sample_tiles(n, n_take, rng, coords, int(tiles.shape[-1]), block_tiles)
     sub = np.asarray(tiles[idx], dtype=np.float32)  # (n_take, C, T, T)
     return np.moveaxis(sub, 1, 0).reshape(c, -1)
 
@@ -121,8 +207,13 @@ class IntensityNorm:
         cofactor: float = 0.05,
         max_pixels: int = 2_000_000,
         seed: int = 0,
+        coords: np.ndarray | None = None,
     ) -> IntensityNorm:
-        """Fit on tissue tiles (N, C, T, T) (one slide, or a cohort's tiles concatenated)."""
+        """Fit on tissue tiles (N, C, T, T) (one slide, or a cohort's tiles concatenated).
+
+        ``coords``: the tiles' (N, 2) grid positions; when more tiles than ``max_pixels`` allows
+        are given, whole spatial blocks are sampled instead of scattered tiles (cheap to read).
+        """
         return cls.fit_many(
             [tiles],
             [present] if present is not None else None,
@@ -132,6 +223,7 @@ class IntensityNorm:
             cofactor,
             max_pixels,
             seed,
+            [coords] if coords is not None else None,
         )
 
     @classmethod
@@ -145,6 +237,7 @@ class IntensityNorm:
         cofactor: float = 0.05,
         max_pixels: int = 2_000_000,
         seed: int = 0,
+        coords: Sequence[np.ndarray | None] | None = None,
     ) -> IntensityNorm:
         """Cohort statistics: pixels sampled evenly from each slide's tiles, channels a slide
         lacks left out of that channel's statistics."""
@@ -162,7 +255,7 @@ class IntensityNorm:
             if t.ndim != 4 or t.shape[1] != c:
                 raise ConfigError(f"tile array {k} has shape {t.shape}; expected (N, {c}, T, T)")
             pres = list(presents[k]) if presents is not None else [True] * c
-            px = _pixel_sample(t, per_set, rng)
+            px = _pixel_sample(t, per_set, rng, coords[k] if coords is not None else None)
             for ch in range(c):
                 if pres[ch] and px.shape[1]:
                     v = px[ch]

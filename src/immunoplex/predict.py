@@ -735,13 +735,13 @@ def _streamed_slides(
                     slides.append(streamed_slide_tiles(o, norm, np.zeros((len(o.grid), 0))))
                     continue
                 try:
+                    lazy = LazyTiles(o, n_channels)
                     norm = fit_slide_norm(
-                        LazyTiles(o, n_channels), o.present, pred.low_pct, pred.high_pct
+                        lazy, o.present, pred.low_pct, pred.high_pct, o.grid.coords
                     )
                     emb = embed_streamed(
                         lambda x, cm=cm: model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1)),
-                        o,
-                        n_channels,
+                        lazy,
                         norm,
                         dev,
                         ctx.opts.chunk_size,

@@ -12,7 +12,7 @@ streamed and cached predictions are identical.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 
 from immunoplex.data.bags import SlideTiles
 from immunoplex.data.transforms import normalise_tiles
-from immunoplex.intensity import IntensityNorm
+from immunoplex.intensity import IntegerLUT, IntensityNorm
 from immunoplex.io.panel import Panel, PanelMatch, match_panel
 from immunoplex.io.slide import Slide, open_slide
 from immunoplex.tiling import (
@@ -98,14 +98,19 @@ class LazyTiles:
         self.shape = (len(s.grid), n_channels, T, T)
         self.dtype = s.dtype
         self.ndim = 4
+        self.all_tiles: np.ndarray | None = None  # every tile, when one read returned them all
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, idx: Any) -> np.ndarray:
-        sel = np.arange(self.shape[0])[idx]
-        sel = np.atleast_1d(sel)
-        return self.read(sel)
+        sel = np.atleast_1d(np.arange(self.shape[0])[idx])
+        tiles = self.read(sel)
+        if len(sel) == self.shape[0] and np.array_equal(sel, np.arange(self.shape[0])):
+            # the statistics sample is the whole slide (small slides): keep it for encoding
+            # (bounded by IntensityNorm's pixel budget) instead of reading the slide twice
+            self.all_tiles = tiles
+        return tiles
 
     def read(self, sel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Tiles ``sel`` (in that order) into ``out`` (or a new array)."""
@@ -122,10 +127,18 @@ class LazyTiles:
 
 
 def fit_slide_norm(
-    tiles: Any, present: np.ndarray, low_pct: float, high_pct: float
+    tiles: LazyTiles | np.ndarray,
+    present: np.ndarray,
+    low_pct: float,
+    high_pct: float,
+    coords: np.ndarray,
 ) -> IntensityNorm:
-    """Per-slide intensity statistics on tissue tiles (any (N, C, T, T) array-like)."""
-    return IntensityNorm.fit(tiles, present=present, low_pct=low_pct, high_pct=high_pct)
+    """Per-slide intensity statistics on tissue tiles, sampled exactly as
+    ``data.slides.slide_tiles`` samples cached tiles (whole blocks of tiles by grid position, so
+    a large slide's statistics read few file segments); streamed and cached runs agree."""
+    return IntensityNorm.fit(
+        tiles, present=present, low_pct=low_pct, high_pct=high_pct, coords=coords
+    )
 
 
 def read_order(s: OpenedSlide) -> np.ndarray:
@@ -139,66 +152,71 @@ def read_order(s: OpenedSlide) -> np.ndarray:
     return np.concatenate(list(_chunks(g, chunk)))
 
 
-def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for a in range(0, len(order), size):
-        yield order[a : a + size]
+def tile_normaliser(
+    dtype: np.dtype, norm: IntensityNorm, device: torch.device
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """Raw (M, C, T, T) numpy tiles -> normalised float32 tiles on ``device``, exactly as training
+    normalises them (``data.transforms.normalise_tiles``); integer tiles use a lookup table."""
+    if IntegerLUT.supports(dtype):
+        return IntegerLUT(dtype, norm.low, norm.high, device=device)
+    low = torch.tensor(norm.low, dtype=torch.float32, device=device)
+    high = torch.tensor(norm.high, dtype=torch.float32, device=device)
+
+    def elementwise(tiles: np.ndarray) -> torch.Tensor:
+        m = tiles.shape[0]
+        batch = {
+            "tiles": torch.from_numpy(tiles).to(device)[None],
+            "tile_low": low.expand(1, m, -1),
+            "tile_high": high.expand(1, m, -1),
+        }
+        return normalise_tiles(batch)[0]
+
+    return elementwise
 
 
 @torch.no_grad()
 def embed_streamed(
     encode: Callable[[torch.Tensor], torch.Tensor],
-    s: OpenedSlide,
-    n_channels: int,
+    lazy: LazyTiles,
     norm: IntensityNorm,
     device: torch.device,
     batch_size: int = 512,
     prefetch: bool = True,
 ) -> torch.Tensor:
-    """(N, D) embeddings of every tile of ``s`` in grid order; one batch of pixels in memory.
+    """(N, D) embeddings of every tile of a slide in grid order; one batch of pixels in memory.
 
     ``encode`` maps normalised tiles (M, C, T, T) on ``device`` to (M, D). With ``prefetch`` the
     next batch is read in a background thread while this one is encoded (two buffers in turn).
+    Tiles already held by ``lazy`` (a small slide read whole for its statistics) are not re-read.
     """
-    lazy = LazyTiles(s, n_channels)
     n = len(lazy)
-    order = read_order(s)
-    low = torch.tensor(norm.low, dtype=torch.float32, device=device)
-    high = torch.tensor(norm.high, dtype=torch.float32, device=device)
+    normalise = tile_normaliser(lazy.dtype, norm, device)
+    held = lazy.all_tiles
+    order = np.arange(n) if held is not None else read_order(lazy.s)
+    batches = [order[a : a + batch_size] for a in range(0, n, batch_size)]
     bufs = [np.zeros((min(batch_size, max(n, 1)), *lazy.shape[1:]), lazy.dtype) for _ in range(2)]
+    use_pool = prefetch and held is None and len(batches) > 1
+    pool = ThreadPoolExecutor(1, thread_name_prefix="immunoplex-read") if use_pool else None
+
+    def fetch(k: int) -> Future[np.ndarray] | np.ndarray:
+        if held is not None:
+            return held[batches[k]]
+        if pool is None:
+            return lazy.read(batches[k], bufs[k % 2])
+        return pool.submit(lazy.read, batches[k], bufs[k % 2])
+
     out: torch.Tensor | None = None
-    pool = (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="immunoplex-read")
-        if prefetch
-        else None
-    )
     try:
-        batches = list(_batches(order, batch_size))
-
-        def submit(k: int) -> Future[np.ndarray] | np.ndarray:
-            b = bufs[k % 2]
-            if pool is None:
-                return lazy.read(batches[k], b)
-            return pool.submit(lazy.read, batches[k], b)
-
-        pending = submit(0) if batches else None
+        pending = fetch(0) if batches else None
         for k, sel in enumerate(batches):
             assert pending is not None
             tiles = pending.result() if isinstance(pending, Future) else pending
-            pending = submit(k + 1) if k + 1 < len(batches) else None
-            m = len(sel)
-            x = torch.from_numpy(tiles).to(device)
-            batch = {
-                "tiles": x[None],
-                "tile_low": low.expand(1, m, -1),
-                "tile_high": high.expand(1, m, -1),
-            }
-            h = encode(normalise_tiles(batch)[0])
+            # the buffer being filled next is the other one: ``tiles`` stays valid until encoded
+            pending = fetch(k + 1) if k + 1 < len(batches) else None
+            h = encode(normalise(tiles))
             if out is None:
                 out = torch.empty((n, h.shape[1]), dtype=h.dtype, device=device)
             out[torch.from_numpy(sel).to(device)] = h
-            del x, batch, tiles
-        if pending is not None and isinstance(pending, Future):
-            pending.result()
     finally:
         if pool is not None:
             pool.shutdown(wait=True)

@@ -64,3 +64,51 @@ def test_functional_forms_broadcast_per_tile() -> None:
     b = normalise_torch(torch.from_numpy(x), torch.from_numpy(low), torch.from_numpy(high))
     np.testing.assert_allclose(a, b.numpy(), atol=1e-5)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_block_sampling_reads_few_blocks_and_matches_when_everything_fits() -> None:
+    """With grid positions, a large slide's sample is whole 8x8-tile blocks; small slides are
+    sampled whole either way (identical statistics)."""
+    from immunoplex.intensity import _sample_tiles
+
+    rng = np.random.default_rng(0)
+    gy, gx = np.mgrid[:64, :64]
+    coords = np.stack([gy.ravel(), gx.ravel()], 1) * 16  # 4,096 tiles of 16 px
+    idx = _sample_tiles(len(coords), 300, np.random.default_rng(1), coords, 16, 8)
+    assert len(idx) == 300 and len(np.unique(idx)) == 300 and np.all(np.diff(idx) > 0)
+    blocks = {tuple(b) for b in coords[idx] // (16 * 8)}
+    assert len(blocks) == 5  # ceil(300 / 64) blocks, against ~all 64 for scattered tiles
+    scattered = _sample_tiles(len(coords), 300, np.random.default_rng(1), None, 16, 8)
+    assert len({tuple(b) for b in coords[scattered] // (16 * 8)}) > 50
+    tiles = rng.integers(0, 1000, (50, 2, 16, 16)).astype(np.uint16)
+    a = IntensityNorm.fit(tiles, coords=coords[:50])
+    b = IntensityNorm.fit(tiles)
+    assert a.low == b.low and a.high == b.high
+    big = rng.integers(0, 1000, (4096, 1, 16, 16)).astype(np.uint16)
+    c = IntensityNorm.fit(big, coords=coords, max_pixels=300 * 256)
+    d = IntensityNorm.fit(big, max_pixels=300 * 256)
+    assert abs(c.high[0] - d.high[0]) < 10  # same distribution, different sample
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_lut_equals_elementwise_normalisation(dtype: type) -> None:
+    import torch
+
+    from immunoplex.intensity import IntegerLUT, normalise_torch
+
+    rng = np.random.default_rng(0)
+    top = np.iinfo(dtype).max
+    x = rng.integers(0, top + 1, (5, 3, 16, 16)).astype(dtype)
+    x[0, 0, 0, :3] = [0, top, top // 2]
+    low, high = [2.0, 10.0, 0.0], [200.0, float(top), 50.0]
+    lut = IntegerLUT(np.dtype(dtype), low, high)
+    got = lut(x)
+    want = normalise_torch(
+        torch.from_numpy(x.astype(np.float32)),
+        torch.tensor(low)[None, :, None, None],
+        torch.tensor(high)[None, :, None, None],
+    )
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ConfigError, match="uint8 or uint16"):
+        IntegerLUT(np.dtype(np.float32), low, high)

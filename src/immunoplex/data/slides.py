@@ -11,7 +11,9 @@ from immunoplex.tilecache import TileSet
 
 def slide_tiles(ts: TileSet, slide_id: str, low_pct: float, high_pct: float) -> SlideTiles:
     """Per-slide intensity statistics (tissue tiles only) attached to the tile array."""
-    norm = IntensityNorm.fit(ts.tiles, present=ts.present, low_pct=low_pct, high_pct=high_pct)
+    norm = IntensityNorm.fit(
+        ts.tiles, present=ts.present, low_pct=low_pct, high_pct=high_pct, coords=ts.coords
+    )
     return SlideTiles(
         slide_id=slide_id,
         tiles=ts.tiles,
