@@ -29,9 +29,8 @@ from immunoplex.io.slide import Slide, open_slide
 from immunoplex.tiling import (
     TileGrid,
     TilingParams,
-    _chunks,
-    choose_level,
     make_tile_grid,
+    read_order,
     read_tiles,
 )
 
@@ -141,17 +140,6 @@ def fit_slide_norm(
     )
 
 
-def read_order(s: OpenedSlide) -> np.ndarray:
-    """Tile indices in spatial blocks of about 1024 source pixels (each segment decoded once)."""
-    g = s.grid
-    if len(g) == 0:
-        return np.zeros(0, np.int64)
-    T = g.params.tile_size
-    f = g.mpp / s.slide.level_mpp(choose_level(s.slide, g.mpp))
-    chunk = max(T, int(1024 / f) // T * T)
-    return np.concatenate(list(_chunks(g, chunk)))
-
-
 def tile_normaliser(
     dtype: np.dtype, norm: IntensityNorm, device: torch.device
 ) -> Callable[[np.ndarray], torch.Tensor]:
@@ -192,7 +180,7 @@ def embed_streamed(
     n = len(lazy)
     normalise = tile_normaliser(lazy.dtype, norm, device)
     held = lazy.all_tiles
-    order = np.arange(n) if held is not None else read_order(lazy.s)
+    order = np.arange(n) if held is not None else read_order(lazy.s.slide, lazy.s.grid, lazy.s.src)
     batches = [order[a : a + batch_size] for a in range(0, n, batch_size)]
     bufs = [np.zeros((min(batch_size, max(n, 1)), *lazy.shape[1:]), lazy.dtype) for _ in range(2)]
     use_pool = prefetch and held is None and len(batches) > 1

@@ -23,7 +23,8 @@ import numpy as np
 from immunoplex.errors import SlideReadError
 from immunoplex.io import open_slide
 from immunoplex.io.panel import Panel, match_panel
-from immunoplex.tiling import TilingParams, make_tile_grid, read_tiles
+from immunoplex.io.slide import Slide
+from immunoplex.tiling import TileGrid, TilingParams, iter_tile_chunks, make_tile_grid, read_tiles
 
 CACHE_VERSION = 1
 _FULL_HASH_BYTES = 16 << 20
@@ -59,6 +60,40 @@ def slide_fingerprint(path: str | os.PathLike[str]) -> str:
     if not p.exists():
         raise SlideReadError(f"{p}: no such file or directory")
     return file_fingerprint(p)
+
+
+def write_tiles(
+    path: Path,
+    slide: Slide,
+    grid: TileGrid,
+    shape: tuple[int, int, int, int],
+    dtype: np.dtype,
+    src: Sequence[int],
+    dst: Sequence[int],
+) -> None:
+    """Write the ``.npy`` file of ``grid``'s tiles (``shape``: N, C, T, T) chunk by chunk.
+
+    Slide channels ``src`` go to channels ``dst`` (others stay 0). Each spatial chunk's runs of
+    consecutive tiles are written at their offsets with ``os.pwrite``: memory stays one chunk
+    (a memory-mapped output would keep every written page in the process's RSS).
+    """
+    n, c, t, _ = shape
+    tile_bytes = c * t * t * dtype.itemsize
+    with open(path, "wb") as fh:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
+        start = fh.tell()
+        fh.truncate(start + n * tile_bytes)  # a sparse file: tiles never written stay 0
+        fd = fh.fileno()
+        for idx, tiles in iter_tile_chunks(slide, grid, src, dtype):
+            full = np.zeros((len(idx), c, t, t), dtype)
+            full[:, list(dst)] = tiles
+            cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+            for a, b in zip([0, *cuts], [*cuts, len(idx)], strict=True):
+                data = full[a:b].tobytes()
+                if os.pwrite(fd, data, start + int(idx[a]) * tile_bytes) != len(data):
+                    raise OSError(f"{path}: short write")
+            del tiles, full  # freed before the next chunk is read
 
 
 @dataclass
@@ -196,21 +231,18 @@ class TileCache:
                 shape = (len(grid), len(panel), T, T)
                 src = [i for i in match.indices if i is not None]
                 dst = [j for j, i in enumerate(match.indices) if i is not None]
-                if self.compress or shape[0] == 0:
-                    tiles = np.zeros(shape, dtype)
-                else:
-                    tiles = np.lib.format.open_memmap(tmp / "tiles.npy", "w+", dtype, shape)
-                if src and shape[0]:
-                    read_tiles(slide, grid, src, out=tiles, out_channels=dst)
                 if self.compress:
                     import imagecodecs
 
+                    tiles = np.zeros(shape, dtype)
+                    if src and shape[0]:
+                        read_tiles(slide, grid, src, out=tiles, out_channels=dst)
                     (tmp / "tiles.zst").write_bytes(
-                        imagecodecs.zstd_encode(np.ascontiguousarray(tiles).tobytes(), level=3)
+                        imagecodecs.zstd_encode(tiles.tobytes(), level=3)
                     )
+                    del tiles
                 elif shape[0]:
-                    tiles.flush()
-                del tiles
+                    write_tiles(tmp / "tiles.npy", slide, grid, shape, dtype, src, dst)
                 np.save(tmp / "coords.npy", grid.coords)
                 np.save(tmp / "tissue.npy", grid.tissue)
                 if grid.mask is not None:

@@ -54,6 +54,19 @@ def test_ome_round_trip(tmp_path: Path, tile, compression, predictor, dtype) -> 
         np.testing.assert_array_equal(s.read_region(1, 0, 0, 100, 100), lv1)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib", "zstd"])
+def test_segment_aligned_windows(tmp_path: Path, compression: str | None) -> None:
+    """Windows of whole tiles take the direct path (read/decoded straight into the output)."""
+    data = synthetic_image(3, 256)
+    p = write_ome(tmp_path / "t.ome.tif", data, tile=64, compression=compression)
+    for threads in (1, 3):
+        with open_slide(p, threads=threads) as s:
+            for y, x, h, w in [(64, 128, 64, 64), (0, 192, 128, 64), (128, 0, 64, 256)]:
+                np.testing.assert_array_equal(
+                    s.read_region(0, y, x, h, w, [2, 0]), data[[2, 0], y : y + h, x : x + w]
+                )
+
+
 def test_out_of_bounds_is_zero_padded(make_ome) -> None:
     data = synthetic_image(2, 100)
     with open_slide(make_ome(data=data)) as s:

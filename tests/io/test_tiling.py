@@ -9,16 +9,25 @@ import pytest
 
 from immunoplex.errors import ConfigError, ResolutionError
 from immunoplex.io import open_slide
+from immunoplex.io.slide import Slide
 from immunoplex.tiling import (
+    QC_PALETTE,
     TileGrid,
     TilingParams,
     choose_level,
+    composite,
     detect_tissue,
+    iter_tile_chunks,
     load_grid,
     make_tile_grid,
+    percentiles,
+    read_downsampled,
     read_resampled,
     read_tiles,
+    render_qc,
     save_grid,
+    shape_at,
+    slide_tissue,
 )
 from tests.io.conftest import synthetic_image, write_ome
 
@@ -133,3 +142,96 @@ def test_tiny_slide_gives_empty_grid(tmp_path: Path) -> None:
         grid = make_tile_grid(s, TilingParams(tile_size=32, mpp=2.0))
         assert len(grid) == 0
         assert read_tiles(s, grid).shape == (0, 1, 32, 32)
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch, s: Slide) -> list[tuple[int, int, int, int]]:
+    """(level, y, h, channels) of every read_region call on ``s``."""
+    calls: list[tuple[int, int, int, int]] = []
+    real = s.read_region
+
+    def spy(level: int, y: int, x: int, h: int, w: int, channels: object = None) -> np.ndarray:
+        calls.append((level, y, h, len(s.channels) if channels is None else len(channels)))
+        return real(level, y, x, h, w, channels)
+
+    monkeypatch.setattr(s, "read_region", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.8, 1.0, 1.37, 3.3, 8.0])
+def test_strip_downsampling_equals_whole_level(
+    slide_path: Path, mpp: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_slide(slide_path) as s:
+        ref = read_resampled(s, mpp, 0, 0, *shape_at(s, mpp))  # one whole-level window
+        calls = record_reads(monkeypatch, s)
+        got = read_downsampled(s, mpp, [2, 0], max_strip_bytes=1)  # one segment row per strip
+    np.testing.assert_allclose(got, ref[[2, 0]], rtol=1e-5, atol=1e-3)
+    assert len(calls) > 1 and max(c[2] for c in calls) <= 64  # the tiles are 64 px high
+    assert all(c[1] % 64 == 0 for c in calls)  # strips start on segment rows
+
+
+def test_tissue_is_read_channel_by_channel_in_strips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = write_ome(tmp_path / "big.ome.tif", synthetic_image(3, 512), ["CD8", "DAPI", "PanCK"])
+    params = TilingParams(tile_size=16, mpp=1.0)  # mask at 2 µm/px from the 0.5 µm/px level
+    with open_slide(p) as s:
+        whole = detect_tissue(read_resampled(s, 2.0, 0, 0, 128, 128), 2.0, params, nuclear=[1])
+        calls = record_reads(monkeypatch, s)
+        monkeypatch.setattr("immunoplex.tiling.STRIP_BYTES", 64 << 10)
+        mask, mmpp = slide_tissue(s, params)
+    assert mmpp == 2.0 and mask.shape == (128, 128)
+    np.testing.assert_array_equal(mask, whole)
+    # one channel per call, at most 64 KiB of source rows (64 rows of 512 px) per call, and
+    # each channel's strips cover the level once (the nuclear one is read twice: blend)
+    assert {c[3] for c in calls} == {1} and max(c[2] for c in calls) == 64
+    assert sum(c[2] for c in calls) == 512 * 4
+
+
+def test_mask_side_is_capped(slide_path: Path) -> None:
+    with open_slide(slide_path) as s:
+        grid = make_tile_grid(s, TilingParams(tile_size=8, mpp=0.5, mask_max_side=100))
+    assert grid.mask is not None and max(grid.mask.shape) <= 100
+    assert grid.mask_mpp == pytest.approx(512 * 0.5 / 100)
+    with pytest.raises(ConfigError, match="mask_max_side"):
+        TilingParams(mask_max_side=4)
+
+
+def test_tile_chunks_are_bounded(slide_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_slide(slide_path) as s:
+        grid = make_tile_grid(s, TilingParams(tile_size=8, mpp=0.5, min_tissue=0.0))
+        ref = read_tiles(s, grid)
+        calls = record_reads(monkeypatch, s)
+        got = np.zeros_like(ref)
+        for idx, tiles in iter_tile_chunks(s, grid, max_chunk_bytes=64 * 64 * 3 * 2):
+            assert np.all(np.diff(idx) > 0) and len(idx) <= 64
+            got[idx] = tiles
+    np.testing.assert_array_equal(got, ref)
+    assert len(calls) == 64 and max(c[2] for c in calls) == 64  # 8x8 chunks of 64x64 px
+
+
+def test_percentiles_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    q = [0.0, 0.1, 0.5, 1.0, 50.0, 99.0, 99.5, 99.9, 100.0]
+    for a in (
+        rng.normal(0, 3, (37, 91)),
+        rng.integers(0, 4, 5000),
+        np.r_[np.zeros(900), rng.gamma(1, 2, 100)],
+        np.array([-2.5]),
+    ):
+        a = a.astype(np.float32)
+        np.testing.assert_array_equal(percentiles(a, q, block=256), np.percentile(a, q))
+
+
+def test_composite_channel_by_channel(slide_path: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.gamma(2, 100, (3, 40, 50)).astype(np.float32)
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 5:40] = True
+    whole = composite(img, QC_PALETTE[:3], mask)
+    assert whole.shape == (40, 50, 3) and 0 < whole.max() <= 1
+    np.testing.assert_array_equal(composite(iter(img.copy()), QC_PALETTE[:3], mask), whole)
+    with open_slide(slide_path) as s:
+        grid = make_tile_grid(s, TilingParams(tile_size=16, mpp=2.0))
+        out = render_qc(s, grid, tmp_path / "qc.png", markers=["DAPI", "CD8"], max_size=64)
+    assert out.stat().st_size > 1000

@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import imagecodecs
@@ -83,6 +83,7 @@ class SegmentCache:
                 self._bytes -= self._data.pop(key).nbytes
 
 
+_IOV_MAX = 1024  # buffers per preadv call (Linux)
 _READER_IDS = itertools.count()
 SEGMENT_CACHE = SegmentCache(int(os.environ.get("IMMUNOPLEX_SEGMENT_CACHE_MB", "256")) << 20)
 
@@ -99,6 +100,24 @@ class SegmentLayout:
     rows: int  # segments per column
     cols: int  # segments per row
     planar: bool  # planar configuration 2: one set of segments per sample
+
+    def cells(self, y: int, x: int, h: int, w: int) -> list[tuple[int, int, int, bool]]:
+        """Segments overlapping the window [y, y+h) x [x, x+w) as (row-major index of the
+        first sample's segment, top, left, whole); whole: full-size and inside the window."""
+        y0, y1 = max(y, 0), min(y + h, self.height)
+        x0, x1 = max(x, 0), min(x + w, self.width)
+        if y0 >= y1 or x0 >= x1:
+            return []
+        sh, sw = self.seg_h, self.seg_w
+        rows = [
+            (r * self.cols, r * sh, y <= r * sh and (r + 1) * sh <= y1)
+            for r in range(y0 // sh, (y1 - 1) // sh + 1)
+        ]
+        cols = [
+            (c, c * sw, x <= c * sw and (c + 1) * sw <= x1)
+            for c in range(x0 // sw, (x1 - 1) // sw + 1)
+        ]
+        return [(i + c, sy, sx, wy and wx) for i, sy, wy in rows for c, sx, wx in cols]
 
 
 class PageReader:
@@ -171,13 +190,6 @@ class PageReader:
             return 0
         return int((self.offsets + self.counts).max())
 
-    def segment_index(self, row: int, col: int, sample: int) -> int:
-        lay = self.layout
-        base = row * lay.cols + col
-        if lay.planar:
-            base += sample * lay.rows * lay.cols
-        return base
-
     def read_bytes(self, index: int) -> bytes:
         off, cnt = int(self.offsets[index]), int(self.counts[index])
         if cnt == 0:
@@ -190,8 +202,9 @@ class PageReader:
             )
         return data
 
-    def decode_segment(self, index: int) -> np.ndarray:
-        """Decoded segment as (seg_rows, seg_w, samples_in_segment) in native byte order."""
+    def decode_segment(self, index: int, data: bytes | None = None) -> np.ndarray:
+        """Decoded segment as (seg_rows, seg_w, samples_in_segment) in native byte order
+        (``data``: its bytes when already read)."""
         lay = self.layout
         row = (index % (lay.rows * lay.cols)) // lay.cols
         nrows = (
@@ -200,7 +213,8 @@ class PageReader:
             else lay.seg_h
         )
         nsamp = 1 if lay.planar else lay.samples
-        data = self.read_bytes(index)
+        if data is None:
+            data = self.read_bytes(index)
         if not data:
             return np.zeros((nrows, lay.seg_w, nsamp), self.dtype)
         try:
@@ -237,91 +251,63 @@ class PageReader:
             out = out.astype(out.dtype.newbyteorder("="))
         return out[:nrows]
 
-    def _read_direct(self, index: int, dst: np.ndarray) -> bool:
-        """Read/decode a whole segment straight into ``dst`` (no intermediate copy)."""
+    def _read_direct(self, index: int, dst: np.ndarray, contiguous: bool) -> bool:
+        """Read/decode a whole segment straight into ``dst`` (no intermediate array).
+
+        ``dst`` is the segment's (seg_h, seg_w) place in the output, rows contiguous, the whole
+        of it ``contiguous`` or not. Uncompressed segments are read with one ``os.preadv`` (one
+        buffer per row when the window is wider than the segment); compressed ones are decoded
+        into ``dst`` when it is contiguous. Returns False when the segment must go through
+        :meth:`decode_segment` instead.
+        """
         cnt, off = int(self.counts[index]), int(self.offsets[index])
         if cnt == 0:
             dst[...] = 0
             return True
         if self.compression == 1:
-            if cnt < dst.nbytes:
+            if cnt < dst.nbytes or not (contiguous or len(dst) <= _IOV_MAX):
                 return False
-            n = os.preadv(self.fd, [dst], off)
+            n = os.preadv(self.fd, [dst] if contiguous else list(dst), off)
             if n != dst.nbytes:
                 raise SlideReadError(
                     f"{self.source}: truncated file (segment {index} needs {dst.nbytes} bytes at "
                     f"offset {off}, got {n})"
                 )
             return True
+        if not contiguous:
+            return False
         data = self.read_bytes(index)
         try:
-            _DECODERS[self.compression](data, out=dst)
-        except Exception:
-            return False
+            got = _DECODERS[self.compression](data, out=dst.reshape(-1).view(np.uint8))
+            if got.nbytes == dst.nbytes:
+                return True
+        except Exception:  # wrong size or corrupt: decode_segment says why
+            pass
+        dst[...] = self.decode_segment(index, data)[:, :, 0]
         return True
 
     # ------------------------------------------------------------------ windows
-    def tasks(
-        self, y: int, x: int, h: int, w: int, samples: list[int]
-    ) -> list[tuple[int, int, int, list[int], list[int]]]:
-        """Segments overlapping the window: (segment index, seg_y0, seg_x0, samples, out_pos)."""
-        lay = self.layout
-        y0, y1 = max(y, 0), min(y + h, lay.height)
-        x0, x1 = max(x, 0), min(x + w, lay.width)
-        if y0 >= y1 or x0 >= x1:
-            return []
-        out: list[tuple[int, int, int, list[int], list[int]]] = []
-        r0, r1 = y0 // lay.seg_h, (y1 - 1) // lay.seg_h
-        c0, c1 = x0 // lay.seg_w, (x1 - 1) // lay.seg_w
-        for r in range(r0, r1 + 1):
-            for c in range(c0, c1 + 1):
-                if lay.planar:
-                    for pos, s in enumerate(samples):
-                        out.append(
-                            (self.segment_index(r, c, s), r * lay.seg_h, c * lay.seg_w, [0], [pos])
-                        )
-                else:
-                    out.append(
-                        (
-                            self.segment_index(r, c, 0),
-                            r * lay.seg_h,
-                            c * lay.seg_w,
-                            list(samples),
-                            list(range(len(samples))),
-                        )
-                    )
-        return out
-
-    def run_task(
+    def read_segment(
         self,
-        task: tuple[int, int, int, list[int], list[int]],
+        index: int,
+        sy: int,
+        sx: int,
+        samples: tuple[int, ...],
+        dest: tuple[int, ...],
         out: np.ndarray,
-        channel_pos: list[int],
         y: int,
         x: int,
     ) -> None:
-        """Decode one segment and copy its overlap with the window into ``out`` (C, h, w)."""
-        index, sy, sx, seg_samples, out_pos = task
+        """Copy segment ``index`` (top-left pixel (sy, sx)) where it overlaps the window of
+        ``out`` (C, h, w) at (y, x): its sample ``samples[i]`` to channel ``dest[i]``.
+
+        A segment the window covers in part is decoded once and kept in the
+        :data:`SEGMENT_CACHE` for neighbouring windows (see :func:`run_jobs` for whole ones).
+        """
         _, h, w = out.shape
         lay = self.layout
-        covered = (
-            y <= sy
-            and x <= sx
-            and y + h >= min(sy + lay.seg_h, lay.height)
-            and x + w >= min(sx + lay.seg_w, lay.width)
-        )
-        if (
-            covered
-            and self.direct
-            and len(seg_samples) == 1
-            and sy + lay.seg_h <= lay.height
-            and sx + lay.seg_w <= lay.width
-        ):
-            dst = out[
-                channel_pos[out_pos[0]], sy - y : sy - y + lay.seg_h, sx - x : sx - x + lay.seg_w
-            ]
-            if dst.flags.c_contiguous and self._read_direct(index, dst):
-                return
+        ey, ex = min(sy + lay.seg_h, lay.height), min(sx + lay.seg_w, lay.width)
+        covered = y <= sy and x <= sx and y + h >= ey and x + w >= ex
         key = (self.uid, index)
         seg = None if covered else SEGMENT_CACHE.get(key)
         if seg is None:
@@ -329,10 +315,31 @@ class PageReader:
             if not covered:
                 seg.flags.writeable = False
                 SEGMENT_CACHE.put(key, seg)
-        ya, yb = max(y, sy), min(y + h, sy + seg.shape[0], self.layout.height)
-        xa, xb = max(x, sx), min(x + w, sx + seg.shape[1], self.layout.width)
+        ya, yb = max(y, sy), min(y + h, sy + seg.shape[0], lay.height)
+        xa, xb = max(x, sx), min(x + w, sx + seg.shape[1], lay.width)
         if ya >= yb or xa >= xb:
             return
         src = seg[ya - sy : yb - sy, xa - sx : xb - sx]
-        for s, p in zip(seg_samples, out_pos, strict=True):
-            out[channel_pos[p], ya - y : yb - y, xa - x : xb - x] = src[:, :, s]
+        for s, d in zip(samples, dest, strict=True):
+            out[d, ya - y : yb - y, xa - x : xb - x] = src[:, :, s]
+
+
+Job = tuple[PageReader, int, int, int, tuple[int, ...], tuple[int, ...], bool]
+"""(reader, segment index, segment top, segment left, samples, output channels, whole): whole
+when the segment is full-size and inside the window (see :meth:`SegmentLayout.cells`)."""
+
+
+def run_jobs(jobs: Sequence[Job], out: np.ndarray, y: int, x: int) -> None:
+    """Run segment jobs for the window of ``out`` (C, h, w) at (y, x), one after the other.
+
+    Whole segments of single-sample pages go straight into ``out``
+    (:meth:`PageReader._read_direct`), the rest through :meth:`PageReader.read_segment`.
+    """
+    w = out.shape[2]
+    for reader, index, sy, sx, samples, dest, whole in jobs:
+        if whole and reader.direct:
+            lay = reader.layout
+            dst = out[dest[0], sy - y : sy - y + lay.seg_h, sx - x : sx - x + lay.seg_w]
+            if reader._read_direct(index, dst, w == lay.seg_w):
+                continue
+        reader.read_segment(index, sy, sx, samples, dest, out, y, x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -22,7 +23,7 @@ import numpy as np
 import tifffile
 
 from immunoplex.errors import ResolutionError, SlideReadError
-from immunoplex.io.segments import SEGMENT_CACHE, PageReader
+from immunoplex.io.segments import SEGMENT_CACHE, Job, PageReader, SegmentLayout, run_jobs
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -46,6 +47,11 @@ def default_threads() -> int:
     if env:
         return max(1, int(env))
     return max(1, os.cpu_count() or 1)
+
+
+Member = tuple[PageReader, int, tuple[int, ...], tuple[int, ...]]
+"""(reader, segment-index offset of the sample plane, samples, output channels)."""
+Plan = list[tuple[SegmentLayout, list[Member]]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Slide:
         self.dtype: np.dtype = np.dtype(np.uint16)
         self.threads: int = default_threads()
         self._planes: list[list[Plane]] = []
+        self._plans: dict[tuple[int, tuple[int, ...]], Plan] = {}
         self._fds: list[int] = []
         self._files: list[tifffile.TiffFile] = []
         self._mpp_override = mpp
@@ -164,6 +171,54 @@ class Slide:
         h, w = self.levels[level]
         return 0.5 * (w0 / w + h0 / h)
 
+    def _plan(self, level: int, idx: list[int]) -> Plan:
+        """How ``read_region`` reads channels ``idx`` at ``level``: per segment layout, the
+        (reader, segment-index offset, samples, output channels) to read for each cell.
+
+        Channels stored as samples of one page share a decode per segment; planes of a planar
+        page are separate segments. Cached per (level, channels).
+        """
+        key = (level, tuple(idx))
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        groups: dict[int, tuple[PageReader, list[int], list[int]]] = {}
+        for pos, c in enumerate(idx):
+            plane = self._planes[level][c]
+            g = groups.setdefault(id(plane.reader), (plane.reader, [], []))
+            g[1].append(plane.sample)
+            g[2].append(pos)
+        by_layout: dict[SegmentLayout, list[Member]] = {}
+        for reader, samples, dest in groups.values():
+            lay = reader.layout
+            members = by_layout.setdefault(lay, [])
+            if lay.planar:
+                stride = lay.rows * lay.cols
+                members += [
+                    (reader, s * stride, (0,), (d,)) for s, d in zip(samples, dest, strict=True)
+                ]
+            else:
+                members.append((reader, 0, tuple(samples), tuple(dest)))
+        plan = list(by_layout.items())
+        if len(self._plans) >= 256:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def segment_rows(self, level: int, channels: Sequence[int] | None = None) -> int:
+        """Row period of the storage segments (tiles or strips) of ``channels`` at ``level``.
+
+        Windows whose top and bottom edges fall on multiples of it cover every segment they touch
+        whole: each segment is decoded once and none goes to the partial-segment cache. When the
+        channels' segment heights have no small common multiple, the largest height is returned.
+        """
+        idx = range(len(self.channels)) if channels is None else channels
+        heights = {self._planes[level][c].reader.layout.seg_h for c in idx}
+        if not heights:
+            return 1
+        period = math.lcm(*heights)
+        return period if period <= 8 * max(heights) else max(heights)
+
     def read_region(
         self,
         level: int,
@@ -188,25 +243,18 @@ class Slide:
         out = (np.empty if inside else np.zeros)((len(idx), h, w), self.dtype)
         if h == 0 or w == 0 or not idx:
             return out
-        planes = self._planes[level]
-        # channels stored as samples of the same page share one decode per segment
-        groups: dict[int, tuple[PageReader, list[int], list[int]]] = {}
-        for pos, c in enumerate(idx):
-            plane = planes[c]
-            g = groups.setdefault(id(plane.reader), (plane.reader, [], []))
-            g[1].append(plane.sample)
-            g[2].append(pos)
-        jobs = []
-        for reader, samples, positions in groups.values():
-            for task in reader.tasks(y, x, h, w, samples):
-                jobs.append((reader, task, positions))
+        jobs: list[Job] = [
+            (reader, base + i, sy, sx, samples, dest, whole)
+            for layout, members in self._plan(level, idx)
+            for i, sy, sx, whole in layout.cells(y, x, h, w)
+            for reader, base, samples, dest in members
+        ]
         if self.threads > 1 and len(jobs) > 1:
-            futures = [_pool().submit(r.run_task, t, out, pos, y, x) for r, t, pos in jobs]
-            for f in futures:
+            k = min(self.threads, len(jobs))  # one batch of segments per thread
+            for f in [_pool().submit(run_jobs, jobs[i::k], out, y, x) for i in range(k)]:
                 f.result()
         else:
-            for r, t, pos in jobs:
-                r.run_task(t, out, pos, y, x)
+            run_jobs(jobs, out, y, x)
         if out.dtype.kind == "f" and not np.isfinite(out).all():
             bad = [self.channels[idx[i]] for i in range(len(idx)) if not np.isfinite(out[i]).all()]
             raise SlideReadError(
