@@ -147,11 +147,11 @@ def main() -> None:
 
     from immunoplex.data.bags import PatientBagDataset, PatientRecord, collate_bags
     from immunoplex.data.slides import slide_tiles
+    from immunoplex.data.transforms import tile_normaliser
     from immunoplex.errors import CheckpointError
     from immunoplex.intensity import IntensityNorm
     from immunoplex.io import open_slide
     from immunoplex.predict import Predictor, model_batch, predict, tile_scores
-    from immunoplex.predict_stream import tile_normaliser
     from immunoplex.tilecache import TileCache
     from immunoplex.tiling import make_tile_grid, read_tiles, resolve_channels
 

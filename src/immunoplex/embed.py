@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from immunoplex.data.bags import SlideTiles
-from immunoplex.data.transforms import normalise_tiles
+from immunoplex.data.transforms import tile_normaliser
 from immunoplex.errors import CheckpointError, ConfigError
+from immunoplex.intensity import IntensityNorm
 from immunoplex.training.checkpoint import build_model, load_checkpoint
 
 EMBED_VERSION = 1
@@ -140,22 +141,13 @@ def embed_slide(
     n = st.n_tiles
     dim = int(model.tile_embedding_dim)
     out = np.empty((n, dim), dtype=np.float32)
-    low = torch.from_numpy(st.low).to(device)
-    high = torch.from_numpy(st.high).to(device)
     cmask = torch.from_numpy(st.present).to(device)
     dev_type = torch.device(device).type
+    norm = IntensityNorm(st.low.tolist(), st.high.tolist(), st.present.tolist())
+    normalise = tile_normaliser(np.dtype(st.tiles.dtype), norm, torch.device(device))
     for start in range(0, n, batch_size):
-        chunk = torch.from_numpy(np.array(st.tiles[start : start + batch_size]))
-        if dev_type == "cuda":
-            chunk = chunk.pin_memory()
-        chunk = chunk.to(device, non_blocking=True)
-        m = chunk.shape[0]
-        batch = {
-            "tiles": chunk[None],
-            "tile_low": low.expand(1, m, -1),
-            "tile_high": high.expand(1, m, -1),
-        }
-        x = normalise_tiles(batch)[0]
+        x = normalise(np.asarray(st.tiles[start : start + batch_size]))
+        m = x.shape[0]
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast):
             h = model.embed_tiles(x, cmask.expand(m, -1))
         out[start : start + m] = h.float().cpu().numpy()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from immunoplex.data.bags import SlideTiles
-from immunoplex.data.transforms import normalise_tiles
-from immunoplex.intensity import IntegerLUT, IntensityNorm
+from immunoplex.data.transforms import tile_normaliser
+from immunoplex.intensity import IntensityNorm
 from immunoplex.io.panel import Panel, PanelMatch, match_panel
 from immunoplex.io.slide import Slide, open_slide
 from immunoplex.tiling import (
@@ -138,28 +138,6 @@ def fit_slide_norm(
     return IntensityNorm.fit(
         tiles, present=present, low_pct=low_pct, high_pct=high_pct, coords=coords
     )
-
-
-def tile_normaliser(
-    dtype: np.dtype, norm: IntensityNorm, device: torch.device
-) -> Callable[[np.ndarray], torch.Tensor]:
-    """Raw (M, C, T, T) numpy tiles -> normalised float32 tiles on ``device``, exactly as training
-    normalises them (``data.transforms.normalise_tiles``); integer tiles use a lookup table."""
-    if IntegerLUT.supports(dtype):
-        return IntegerLUT(dtype, norm.low, norm.high, device=device)
-    low = torch.tensor(norm.low, dtype=torch.float32, device=device)
-    high = torch.tensor(norm.high, dtype=torch.float32, device=device)
-
-    def elementwise(tiles: np.ndarray) -> torch.Tensor:
-        m = tiles.shape[0]
-        batch = {
-            "tiles": torch.from_numpy(tiles).to(device)[None],
-            "tile_low": low.expand(1, m, -1),
-            "tile_high": high.expand(1, m, -1),
-        }
-        return normalise_tiles(batch)[0]
-
-    return elementwise
 
 
 @torch.no_grad()

@@ -7,11 +7,13 @@ Augmentation randomness comes from an explicit generator so a resumed run replay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from immunoplex.intensity import normalise_torch
+from immunoplex.intensity import IntegerLUT, IntensityNorm, normalise_torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,28 @@ def normalise_tiles(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     low = batch["tile_low"][..., None, None]
     high = batch["tile_high"][..., None, None]
     return normalise_torch(tiles.to(torch.float32), low, high)
+
+
+def tile_normaliser(
+    dtype: np.dtype, norm: IntensityNorm, device: torch.device
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """Raw (M, C, T, T) numpy tiles -> normalised float32 tiles on ``device``, exactly as training
+    normalises them (``data.transforms.normalise_tiles``); integer tiles use a lookup table."""
+    if IntegerLUT.supports(dtype):
+        return IntegerLUT(dtype, norm.low, norm.high, device=device)
+    low = torch.tensor(norm.low, dtype=torch.float32, device=device)
+    high = torch.tensor(norm.high, dtype=torch.float32, device=device)
+
+    def elementwise(tiles: np.ndarray) -> torch.Tensor:
+        m = tiles.shape[0]
+        batch = {
+            "tiles": torch.from_numpy(tiles).to(device)[None],
+            "tile_low": low.expand(1, m, -1),
+            "tile_high": high.expand(1, m, -1),
+        }
+        return normalise_tiles(batch)[0]
+
+    return elementwise
 
 
 def augment_tiles(
