@@ -144,7 +144,8 @@ def embed_slide(
     cmask = torch.from_numpy(st.present).to(device)
     dev_type = torch.device(device).type
     norm = IntensityNorm(st.low.tolist(), st.high.tolist(), st.present.tolist())
-    normalise = tile_normaliser(np.dtype(st.tiles.dtype), norm, torch.device(device))
+    tile_px = int(np.prod(st.tiles.shape[2:]))
+    normalise = tile_normaliser(np.dtype(st.tiles.dtype), norm, torch.device(device), n * tile_px)
     for start in range(0, n, batch_size):
         x = normalise(np.asarray(st.tiles[start : start + batch_size]))
         m = x.shape[0]

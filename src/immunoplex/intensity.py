@@ -75,9 +75,11 @@ def normalise_torch(
 class IntegerLUT:
     """Normalisation of integer tiles (uint8/uint16) as a per-channel lookup table.
 
-    The table is :func:`normalise_torch` applied to every representable value, so looking a pixel
-    up gives the value the elementwise path computes (to float rounding) at a fraction of the cost
-    (one gather instead of clamp, scale and arcsinh per pixel).
+    Channel c's table is :func:`normalise_torch` applied to the integers 0 .. ceil(high_c):
+    every larger value clips to ``high_c`` and so maps to the table's last entry. Looking a pixel up
+    gives the value the elementwise path computes (to float rounding) at a fraction of the cost
+    (one gather instead of clamp, scale and arcsinh per pixel); building the tables costs
+    :attr:`size` elementwise evaluations.
     """
 
     def __init__(
@@ -92,15 +94,27 @@ class IntegerLUT:
         import torch
 
         dtype = np.dtype(dtype)
-        if dtype.kind != "u" or dtype.itemsize > 2:
+        if not self.supports(dtype):
             raise ConfigError(f"IntegerLUT needs uint8 or uint16 tiles, got {dtype}")
-        values = torch.arange(2 ** (8 * dtype.itemsize), dtype=torch.float32, device=device)
-        lo = torch.as_tensor(low, dtype=torch.float32, device=device)[:, None]
-        hi = torch.as_tensor(high, dtype=torch.float32, device=device)[:, None]
+        top = 2 ** (8 * dtype.itemsize) - 1
+        self.tables = []
         with torch.no_grad():
-            self.table = normalise_torch(
-                values[None, :].expand(len(lo), -1), lo, hi, method, cofactor
-            )
+            for lo, hi in zip(low, high, strict=True):
+                n = int(min(top, max(0, math.ceil(float(hi))))) + 1
+                values = torch.arange(n, dtype=torch.float32, device=device)
+                bounds = torch.tensor([float(lo), float(hi)], dtype=torch.float32, device=device)
+                self.tables.append(normalise_torch(values, bounds[0], bounds[1], method, cofactor))
+        self.device = torch.device(device)
+
+    @staticmethod
+    def table_size(dtype: np.dtype, high: Sequence[float]) -> int:
+        """Entries the tables for ``high`` would have (the cost of building them)."""
+        top = 2 ** (8 * np.dtype(dtype).itemsize) - 1
+        return sum(int(min(top, max(0, math.ceil(float(h))))) + 1 for h in high)
+
+    @property
+    def size(self) -> int:
+        return sum(int(t.shape[0]) for t in self.tables)
 
     @classmethod
     def supports(cls, dtype: np.dtype) -> bool:
@@ -111,16 +125,15 @@ class IntegerLUT:
         device (on CPU a numpy gather, about 5x faster than clamp + arcsinh per pixel)."""
         import torch
 
-        if self.table.device.type == "cpu":
-            table = self.table.numpy()
+        if self.device.type == "cpu":
             out = np.empty(tiles.shape, np.float32)
-            for c in range(tiles.shape[1]):
-                np.take(table[c], tiles[:, c], out=out[:, c])
+            for c, table in enumerate(self.tables):
+                np.take(table.numpy(), tiles[:, c], out=out[:, c], mode="clip")
             return torch.from_numpy(out)
-        x = torch.from_numpy(tiles.astype(np.int32)).to(self.table.device)
+        x = torch.from_numpy(tiles.astype(np.int32)).to(self.device)
         res = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        for c in range(x.shape[1]):
-            res[:, c] = self.table[c][x[:, c].long()]
+        for c, table in enumerate(self.tables):
+            res[:, c] = table[x[:, c].clamp(max=table.shape[0] - 1).long()]
         return res
 
 

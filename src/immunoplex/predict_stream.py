@@ -156,7 +156,7 @@ def embed_streamed(
     Tiles already held by ``lazy`` (a small slide read whole for its statistics) are not re-read.
     """
     n = len(lazy)
-    normalise = tile_normaliser(lazy.dtype, norm, device)
+    normalise = tile_normaliser(lazy.dtype, norm, device, n * lazy.shape[2] * lazy.shape[3])
     held = lazy.all_tiles
     order = np.arange(n) if held is not None else read_order(lazy.s.slide, lazy.s.grid, lazy.s.src)
     batches = [order[a : a + batch_size] for a in range(0, n, batch_size)]

@@ -42,11 +42,18 @@ def normalise_tiles(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def tile_normaliser(
-    dtype: np.dtype, norm: IntensityNorm, device: torch.device
+    dtype: np.dtype, norm: IntensityNorm, device: torch.device, n_pixels: int | None = None
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """Raw (M, C, T, T) numpy tiles -> normalised float32 tiles on ``device``, exactly as training
-    normalises them (``data.transforms.normalise_tiles``); integer tiles use a lookup table."""
-    if IntegerLUT.supports(dtype):
+    normalises them (``normalise_tiles``).
+
+    Integer tiles use a lookup table (:class:`IntegerLUT`) when it pays for itself: building it
+    normalises ceil(high) + 1 values per channel, so it is used when that is at most half of the
+    values to normalise (``n_pixels`` per channel; None: unknown, assume many).
+    """
+    if IntegerLUT.supports(dtype) and (
+        n_pixels is None or 2 * IntegerLUT.table_size(dtype, norm.high) <= n_pixels * len(norm.high)
+    ):
         return IntegerLUT(dtype, norm.low, norm.high, device=device)
     low = torch.tensor(norm.low, dtype=torch.float32, device=device)
     high = torch.tensor(norm.high, dtype=torch.float32, device=device)
