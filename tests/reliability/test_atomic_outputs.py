@@ -56,12 +56,13 @@ def test_tile_cache_killed_mid_build_is_rebuilt(tmp_path: Path) -> None:
         import immunoplex.tilecache as tc
         from immunoplex.io.panel import Panel
         from immunoplex.tiling import TilingParams
-        real = tc.read_tiles
-        def read_then_die(slide, grid, src, out, out_channels):
-            real(slide, grid, src[:1], out=out, out_channels=out_channels[:1])  # 1 channel done
-            out.flush()
+        real = tc.iter_tile_chunks
+        def first_chunk_then_die(*args, **kwargs):
+            for chunk in real(*args, **kwargs):
+                yield chunk  # written to the .npy under .tmp-*
+                break
             die()
-        tc.read_tiles = read_then_die
+        tc.iter_tile_chunks = first_chunk_then_die
         tc.TileCache(sys.argv[1]).load_or_build(
             sys.argv[2], Panel(["DAPI", "PanCK", "CD8"]), TilingParams(tile_size=16, mpp=1.0))
         """,
@@ -79,7 +80,7 @@ def test_tile_cache_killed_mid_build_is_rebuilt(tmp_path: Path) -> None:
     rebuilt = cache.load_or_build(slide, panel, params)
     fresh = TileCache(tmp_path / "fresh").load_or_build(slide, panel, params)
     assert np.array_equal(np.asarray(rebuilt.tiles), np.asarray(fresh.tiles))
-    assert np.asarray(rebuilt.tiles)[:, 2].any()  # the channel the killed run never wrote
+    assert np.asarray(rebuilt.tiles)[:, 2].any()
 
 
 # ---- embedding cache -----------------------------------------------------------------------
