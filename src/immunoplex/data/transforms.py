@@ -59,6 +59,8 @@ def tile_normaliser(
     high = torch.tensor(norm.high, dtype=torch.float32, device=device)
 
     def elementwise(tiles: np.ndarray) -> torch.Tensor:
+        if not tiles.flags.writeable:  # a read-only memory map: torch wants its own buffer
+            tiles = np.array(tiles)
         m = tiles.shape[0]
         batch = {
             "tiles": torch.from_numpy(tiles).to(device)[None],
