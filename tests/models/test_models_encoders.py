@@ -20,6 +20,8 @@ C = 7
     [
         (lambda: SmallCNN(C, width=16, out_dim=24), 24),
         (lambda: SmallCNN(C, width=8, out_dim=16, norm="batch"), 16),
+        (lambda: SmallCNN(C, width=8, out_dim=12, norm="batch", pool="max"), 12),
+        (lambda: SmallCNN(C, width=8, out_dim=12, pool="avg"), 12),
         (lambda: MarkerEncoder(C, stem_width=8, out_dim=20), 20),
         (lambda: TorchvisionEncoder(C, arch="resnet18"), 512),
         (lambda: TorchvisionEncoder(C, arch="resnet18", out_dim=32), 32),
@@ -30,6 +32,8 @@ C = 7
     ids=[
         "small",
         "small_bn",
+        "small_max",
+        "small_avg",
         "marker",
         "resnet18",
         "resnet18_proj",
@@ -60,6 +64,24 @@ def test_channel_mask_ignores_absent_channel_content() -> None:
     y = x.clone()
     y[:, 3] = 123.0
     torch.testing.assert_close(enc(x, mask), enc(y, mask))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "avgmax"])
+def test_smallcnn_pools_the_feature_map_as_configured(pool: str) -> None:
+    torch.manual_seed(0)
+    enc = SmallCNN(C, width=8, out_dim=6, pool=pool).eval()
+    x = torch.rand(3, C, 32, 32)
+    with torch.no_grad():
+        f = enc.features(x)
+        parts = {"max": [f.amax(dim=(2, 3))], "avg": [f.mean(dim=(2, 3))]}
+        parts["avgmax"] = parts["avg"] + parts["max"]
+        expected = enc.proj(torch.cat(parts[pool], dim=1))
+        torch.testing.assert_close(enc(x), expected)
+
+
+def test_smallcnn_rejects_unknown_pool() -> None:
+    with pytest.raises(ConfigError, match="pool"):
+        SmallCNN(C, pool="median")
 
 
 def test_inflate_conv_weight_is_mean_rgb_times_3_over_c() -> None:

@@ -14,19 +14,13 @@ from immunoplex.predict import PredictOptions, predict, safe_name
 from tests.predict.conftest import train_checkpoint
 
 CAUSAL = ["CD8", "PanCK", "STAB1", "CD68", "CD66b"]
-#: The image models trained by CPU-sized runs do not yet learn the image signal well (train AUROC
-#: ~0.6 after 13-60 epochs on this cohort, whose image-only Bayes AUROC is 0.94), so attention
-#: does not find it yet; the check passes once training learns it (then drop the mark).
-NEEDS_LEARNED_MODEL = pytest.mark.xfail(
-    strict=False, reason="needs a model that has learned the image signal (see docs/inference.md)"
-)
 UNINFORMATIVE = "CD31"
 
 
-def tile_signal_fraction(
+def tile_signal_pixels(
     tiles: pd.DataFrame, mask: np.ndarray, level0_per_signal_px: float
-) -> np.ndarray:
-    """Fraction of each tile's box (level-0 pixels) covered by response-relevant signal."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile box (level-0 pixels): signal-grid pixels set in ``mask``, and all it covers."""
     ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
     ii[1:, 1:] = np.cumsum(np.cumsum(mask, 0), 1)
     s = level0_per_signal_px
@@ -35,29 +29,50 @@ def tile_signal_fraction(
     x0 = np.clip(np.floor(tiles["x0_level0"] / s).astype(int), 0, mask.shape[1])
     x1 = np.clip(np.ceil(tiles["x1_level0"] / s).astype(int), 0, mask.shape[1])
     tot = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
-    return tot / np.maximum((y1 - y0) * (x1 - x0), 1)
+    return tot, np.maximum((y1 - y0) * (x1 - x0), 1)
+
+
+def tile_signal_fraction(
+    tiles: pd.DataFrame, mask: np.ndarray, level0_per_signal_px: float
+) -> np.ndarray:
+    """Fraction of each tile's box (level-0 pixels) covered by response-relevant signal."""
+    tot, area = tile_signal_pixels(tiles, mask, level0_per_signal_px)
+    return tot / area
 
 
 def attention_overlap(
     out_dir: Path, cohort: Path, preds: pd.DataFrame, k: int = 3
-) -> tuple[float, float, int]:
-    """Mean relevant fraction of the top-k attended tiles vs of random tiles, responders only."""
-    from immunoplex.synth.signal import relevant_regions
+) -> tuple[float, float, int, float, float]:
+    """Responders only: mean relevant fraction of the top-k attended tiles vs of random tiles,
+    the number of slides, (a diagnostic) how much denser intratumoural CD8 cells are in the
+    tumour of the top-k tiles than in the tumour of the whole slide (1 = no enrichment), and the
+    one-sided Wilcoxon signed-rank p-value of top-k > random over slides."""
+    from immunoplex.synth.signal import CD8_INTRATUMOURAL, TUMOUR, relevant_regions
 
     truth = pd.read_csv(cohort / "truth_slides.csv", dtype={"slide_id": str}).set_index("slide_id")
-    top, rand = [], []
+    top, rand, cd8_top, cd8_all = [], [], [], []
     for row in preds[preds["label"] == 1].itertuples():
         for sid in row.slide_ids:
             tiles = pd.read_csv(out_dir / "slides" / safe_name(sid) / "tiles.csv")
             if len(tiles) <= k:
                 continue
             t = truth.loc[sid]
-            mask = relevant_regions(np.load(cohort / t["signal"]))
-            frac = tile_signal_fraction(tiles, mask, float(t["signal_mpp"]) / float(t["mpp"]))
+            signal = np.load(cohort / t["signal"])
+            scale = float(t["signal_mpp"]) / float(t["mpp"])
+            frac = tile_signal_fraction(tiles, relevant_regions(signal), scale)
             order = np.argsort(-tiles["attention"].to_numpy(), kind="stable")
             top.append(frac[order[:k]].mean())
             rand.append(frac.mean())  # expectation of k tiles drawn at random
-    return float(np.mean(top)), float(np.mean(rand)), len(top)
+            cd8, _ = tile_signal_pixels(tiles, (signal & CD8_INTRATUMOURAL) > 0, scale)
+            tumour, _ = tile_signal_pixels(tiles, (signal & TUMOUR) > 0, scale)
+            cd8_top.append(cd8[order[:k]].sum() / max(tumour[order[:k]].sum(), 1.0))
+            cd8_all.append(cd8.sum() / max(tumour.sum(), 1.0))
+    cd8_enrichment = float(np.mean(cd8_top) / max(np.mean(cd8_all), 1e-12))
+    from scipy.stats import wilcoxon
+
+    # one-sided paired test over slides: top-k tiles cover more signal than the slide's average
+    p = float(wilcoxon(np.subtract(top, rand), alternative="greater").pvalue)
+    return float(np.mean(top)), float(np.mean(rand)), len(top), cd8_enrichment, p
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +99,19 @@ def signal_predictions(
 
 
 @pytest.mark.slow
-@NEEDS_LEARNED_MODEL
 def test_top_attended_tiles_of_responders_overlap_the_signal(
     signal_predictions: tuple[Path, pd.DataFrame], image_signal_cohort: Path
 ) -> None:
     out, df = signal_predictions
-    top, rand, n = attention_overlap(out, image_signal_cohort, df, k=3)
+    top, rand, n, cd8, p = attention_overlap(out, image_signal_cohort, df, k=3)
     print(
         f"responder slides {n}: relevant fraction top-3 {top:.3f} vs random {rand:.3f} "
-        f"(ratio {top / rand:.2f})"
+        f"(ratio {top / rand:.2f}, one-sided Wilcoxon p {p:.1e}); intratumoural CD8 per "
+        f"tumour area top-3 / slide {cd8:.2f}"
     )
     assert n >= 10
     assert top > 1.25 * rand
+    assert p < 1e-4  # not a few lucky slides: consistently above chance
 
 
 @pytest.mark.slow

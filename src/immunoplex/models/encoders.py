@@ -56,12 +56,21 @@ class ConvBlock(nn.Module):
         return x + y if self.residual else y
 
 
+#: Global pooling choices of :class:`SmallCNN`.
+SMALLCNN_POOLS = ("max", "avg", "avgmax")
+
+
 class SmallCNN(nn.Module):
     """A small CNN for multiplex tiles (default 32x32 px), fast on a few CPU cores.
 
     Layout: stride-2 stem (C -> w), stride-2 conv (w -> 2w), ``blocks`` residual 3x3 blocks at
-    2w, then concatenated global average + max pooling and a linear projection to ``out_dim``.
-    About 4 MMAC per 7x32x32 tile at w=32 with one block.
+    2w, then global pooling and a linear projection to ``out_dim``. About 4 MMAC per 7x32x32 tile
+    at w=32 with one block.
+
+    ``pool``: ``"max"`` (global max: "is there such a cell in the tile", the robust read-out of
+    sparse cells such as a few CD8 T cells among hundreds of tumour cells), ``"avg"`` (global
+    average: the sparse cells are diluted by the tile's tissue composition) or ``"avgmax"``
+    (both, concatenated). See docs/models.md for the measured difference.
     """
 
     def __init__(
@@ -74,21 +83,31 @@ class SmallCNN(nn.Module):
         norm: str = "group",
         act: str = "gelu",
         dropout: float = 0.0,
+        pool: str = "avgmax",
     ) -> None:
         super().__init__()
+        if pool not in SMALLCNN_POOLS:
+            raise ConfigError(f"unknown pool {pool!r}; choose one of {list(SMALLCNN_POOLS)}")
         self.n_channels = n_channels
         self.out_dim = out_dim
+        self.pool = pool
         self.features = nn.Sequential(
             ConvBlock(n_channels, width, 2, norm, act),
             ConvBlock(width, 2 * width, 2, norm, act),
             *(ConvBlock(2 * width, 2 * width, 1, norm, act) for _ in range(blocks)),
         )
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(4 * width, out_dim)
+        pooled_dim = 2 * width * (2 if pool == "avgmax" else 1)
+        self.proj = nn.Linear(pooled_dim, out_dim)
 
     def forward(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
         f = self.features(apply_channel_mask(x, channel_mask))
-        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        if self.pool == "max":
+            pooled = f.amax(dim=(2, 3))
+        elif self.pool == "avg":
+            pooled = f.mean(dim=(2, 3))
+        else:
+            pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
         return self.proj(self.dropout(pooled))
 
 
