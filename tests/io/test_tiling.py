@@ -235,3 +235,23 @@ def test_composite_channel_by_channel(slide_path: Path, tmp_path: Path) -> None:
         grid = make_tile_grid(s, TilingParams(tile_size=16, mpp=2.0))
         out = render_qc(s, grid, tmp_path / "qc.png", markers=["DAPI", "CD8"], max_size=64)
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_integer_box_factor_fast_path_equals_general_path(axis: int) -> None:
+    from immunoplex.tiling import _box_axis
+
+    a = np.random.default_rng(0).integers(0, 4000, (2, 41, 43)).astype(np.uint16)
+    n_out = a.shape[axis] // 4
+    fast = _box_axis(a, n_out, 4.0, 0.0, axis)  # integer factor: reshape + sum
+    general = _box_axis(a, n_out, 4.0 + 1e-7, 0.0, axis)  # fractional weights
+    assert fast.shape == general.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, general, rtol=1e-5)
+    ref = np.take(a, np.arange(n_out * 4), axis=axis).astype(np.float64)
+    shape = list(a.shape)
+    shape[axis : axis + 1] = [n_out, 4]
+    np.testing.assert_allclose(fast, ref.reshape(shape).mean(axis=axis + 1), rtol=1e-6)
+    shifted = _box_axis(a, n_out - 1, 4.0, 2.0, axis)  # whole-pixel offset
+    ref2 = np.take(a, np.arange(2, 2 + (n_out - 1) * 4), axis=axis).astype(np.float64)
+    shape[axis] = n_out - 1
+    np.testing.assert_allclose(shifted, ref2.reshape(shape).mean(axis=axis + 1), rtol=1e-6)
