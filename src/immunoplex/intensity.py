@@ -79,7 +79,7 @@ class IntegerLUT:
     every larger value clips to ``high_c`` and so maps to the table's last entry. Looking a pixel up
     gives the value the elementwise path computes (to float rounding) at a fraction of the cost
     (one gather instead of clamp, scale and arcsinh per pixel); building the tables costs
-    :attr:`size` elementwise evaluations.
+    :meth:`table_size` elementwise evaluations.
     """
 
     def __init__(
@@ -96,25 +96,25 @@ class IntegerLUT:
         dtype = np.dtype(dtype)
         if not self.supports(dtype):
             raise ConfigError(f"IntegerLUT needs uint8 or uint16 tiles, got {dtype}")
-        top = 2 ** (8 * dtype.itemsize) - 1
         self.tables = []
         with torch.no_grad():
             for lo, hi in zip(low, high, strict=True):
-                n = int(min(top, max(0, math.ceil(float(hi))))) + 1
+                n = self._length(dtype, hi)
                 values = torch.arange(n, dtype=torch.float32, device=device)
                 bounds = torch.tensor([float(lo), float(hi)], dtype=torch.float32, device=device)
                 self.tables.append(normalise_torch(values, bounds[0], bounds[1], method, cofactor))
         self.device = torch.device(device)
 
     @staticmethod
-    def table_size(dtype: np.dtype, high: Sequence[float]) -> int:
-        """Entries the tables for ``high`` would have (the cost of building them)."""
+    def _length(dtype: np.dtype, high: float) -> int:
+        """Entries of one channel's table: the integers 0 .. ceil(high), within the dtype."""
         top = 2 ** (8 * np.dtype(dtype).itemsize) - 1
-        return sum(int(min(top, max(0, math.ceil(float(h))))) + 1 for h in high)
+        return int(min(top, max(0, math.ceil(float(high))))) + 1
 
-    @property
-    def size(self) -> int:
-        return sum(int(t.shape[0]) for t in self.tables)
+    @classmethod
+    def table_size(cls, dtype: np.dtype, high: Sequence[float]) -> int:
+        """Entries the tables for ``high`` would have (the cost of building them)."""
+        return sum(cls._length(dtype, h) for h in high)
 
     @classmethod
     def supports(cls, dtype: np.dtype) -> bool:

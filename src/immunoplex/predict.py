@@ -28,7 +28,7 @@ import torch
 
 from immunoplex.calibration import Calibration
 from immunoplex.data.bags import PatientBagDataset, PatientRecord, SlideTiles, collate_bags
-from immunoplex.data.slides import slide_tiles
+from immunoplex.data.slides import fit_slide_norm, slide_tiles
 from immunoplex.data.transforms import normalise_tiles
 from immunoplex.errors import ConfigError, ImmunoplexError, ManifestError
 from immunoplex.expression import ExpressionNormalizer, GeneReport
@@ -44,6 +44,13 @@ from immunoplex.predict_inputs import (
     prepare_expression,
     read_clinical_table,
     treatment_index,
+)
+from immunoplex.predict_stream import (
+    LazyTiles,
+    OpenedSlide,
+    embed_streamed,
+    open_for_streaming,
+    streamed_slide_tiles,
 )
 from immunoplex.tilecache import TileCache, file_fingerprint, slide_fingerprint
 from immunoplex.tiling import TilingParams
@@ -450,73 +457,66 @@ def _cached_slides(
     return slides, infos
 
 
+def _encode_opened(ctx: PatientContext, o: OpenedSlide, cm: torch.Tensor) -> SlideTiles:
+    """One opened slide's SlideTiles: statistics, then its tiles streamed through the encoder.
+
+    A model without an image branch reads no pixels: the grid alone (its tile count)."""
+    pred = ctx.pred
+    c = len(pred.markers)
+    if "image" not in pred.modalities:
+        norm = IntensityNorm([0.0] * c, [1.0] * c, o.match.present)
+        return streamed_slide_tiles(o, norm, np.zeros((len(o.grid), 0)))
+    lazy = LazyTiles(o, c)
+    norm = fit_slide_norm(lazy, o.present, o.grid.coords, pred.low_pct, pred.high_pct)
+    emb = embed_streamed(
+        lambda x: pred.model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1)),
+        lazy,
+        norm,
+        pred.device,
+        ctx.opts.chunk_size,
+    )
+    return streamed_slide_tiles(o, norm, emb.float().cpu().numpy())
+
+
 def _streamed_slides(
     ctx: PatientContext, p: PatientInput, errors: list[str]
 ) -> tuple[list[SlideTiles], list[dict[str, Any]]]:
     """Open every slide (panel match + tile grid), then stream each one's tiles through the
-    encoder with the patient's channel mask; only coordinates and embeddings are kept."""
-    from immunoplex.predict_stream import (
-        LazyTiles,
-        embed_streamed,
-        fit_slide_norm,
-        open_for_streaming,
-        streamed_slide_tiles,
-    )
+    encoder with the patient's channel mask; only coordinates and embeddings are kept.
 
+    A slide that fails while being read is dropped (``on_bad_slide=skip``) and the others are
+    encoded again, since the patient's channel mask may change without it."""
     pred = ctx.pred
-    model, dev = pred.model, pred.device
-    n_channels = len(pred.markers)
-    uses_image = "image" in pred.modalities
-    opened = []
+    opened: list[tuple[SlideInput, OpenedSlide]] = []
     try:
         for s in p.slides:
             try:
-                opened.append(
-                    (
-                        s,
-                        open_for_streaming(
-                            s.path, s.slide_id, pred.panel, pred.params, s.mpp, pred.required
-                        ),
-                    )
+                o = open_for_streaming(
+                    s.path, s.slide_id, pred.panel, pred.params, s.mpp, pred.required
                 )
             except ImmunoplexError as err:
                 _skip_or_raise(ctx, err, errors)
-        while True:  # a slide that fails while reading is dropped (skip mode) and the rest redone
-            with_tiles = [o for _, o in opened if len(o.grid)]
-            present = np.ones(n_channels, dtype=bool)
-            for o in with_tiles:
-                present &= o.present
-            cm = torch.from_numpy(present).to(dev)
-            slides: list[SlideTiles] = []
-            failed = None
-            for s, o in opened:
-                if not len(o.grid):
-                    continue
-                if not uses_image:  # the model reads no pixels: the grid alone (tile count)
-                    norm = IntensityNorm([0.0] * n_channels, [1.0] * n_channels, o.match.present)
-                    slides.append(streamed_slide_tiles(o, norm, np.zeros((len(o.grid), 0))))
+                continue
+            opened.append((s, o))
+        slides: list[SlideTiles] | None = None
+        while slides is None:
+            present = np.ones(len(pred.markers), dtype=bool)
+            for _, o in opened:
+                if len(o.grid):
+                    present &= o.present
+            cm = torch.from_numpy(present).to(pred.device)
+            slides = []
+            for item in opened:
+                if not len(item[1].grid):
                     continue
                 try:
-                    lazy = LazyTiles(o, n_channels)
-                    norm = fit_slide_norm(
-                        lazy, o.present, pred.low_pct, pred.high_pct, o.grid.coords
-                    )
-                    emb = embed_streamed(
-                        lambda x, cm=cm: model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1)),
-                        lazy,
-                        norm,
-                        dev,
-                        ctx.opts.chunk_size,
-                    )
+                    slides.append(_encode_opened(ctx, item[1], cm))
                 except ImmunoplexError as err:
                     _skip_or_raise(ctx, err, errors)
-                    failed = (s, o)
+                    item[1].close()
+                    opened.remove(item)
+                    slides = None
                     break
-                slides.append(streamed_slide_tiles(o, norm, emb.float().cpu().numpy()))
-            if failed is None:
-                break
-            failed[1].close()
-            opened.remove(failed)
         infos = [
             _slide_info(s, len(o.grid), o.slide.channels, pred.markers, o.match.present)
             for s, o in opened

@@ -6,7 +6,7 @@ tile grid and one batch, not by the slide's size. Reading the next batch runs in
 thread while the model encodes the current one.
 
 The per-slide intensity statistics are fitted on exactly the tiles the cached path would sample
-(``IntensityNorm.fit`` draws tile indices, then reads only those through :class:`LazyTiles`), so
+(``data.slides.fit_slide_norm`` draws tile indices, then reads only those through :class:`LazyTiles`), so
 streamed and cached predictions are identical.
 """
 
@@ -44,7 +44,11 @@ class OpenedSlide:
     slide: Slide
     match: PanelMatch
     grid: TileGrid
-    dtype: np.dtype
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the tiles (float slides: float32, as the tile cache stores them)."""
+        return np.dtype(np.float32) if self.slide.dtype.kind == "f" else np.dtype(self.slide.dtype)
 
     @property
     def present(self) -> np.ndarray:
@@ -80,8 +84,7 @@ def open_for_streaming(
     except BaseException:
         slide.close()
         raise
-    dtype = np.dtype(np.float32) if slide.dtype.kind == "f" else slide.dtype
-    return OpenedSlide(slide_id, Path(path), slide, match, grid, dtype)
+    return OpenedSlide(slide_id, Path(path), slide, match, grid)
 
 
 class LazyTiles:
@@ -125,21 +128,6 @@ class LazyTiles:
         return out
 
 
-def fit_slide_norm(
-    tiles: LazyTiles | np.ndarray,
-    present: np.ndarray,
-    low_pct: float,
-    high_pct: float,
-    coords: np.ndarray,
-) -> IntensityNorm:
-    """Per-slide intensity statistics on tissue tiles, sampled exactly as
-    ``data.slides.slide_tiles`` samples cached tiles (whole blocks of tiles by grid position, so
-    a large slide's statistics read few file segments); streamed and cached runs agree."""
-    return IntensityNorm.fit(
-        tiles, present=present, low_pct=low_pct, high_pct=high_pct, coords=coords
-    )
-
-
 @torch.no_grad()
 def embed_streamed(
     encode: Callable[[torch.Tensor], torch.Tensor],
@@ -160,7 +148,11 @@ def embed_streamed(
     held = lazy.all_tiles
     order = np.arange(n) if held is not None else read_order(lazy.s.slide, lazy.s.grid, lazy.s.src)
     batches = [order[a : a + batch_size] for a in range(0, n, batch_size)]
-    bufs = [np.zeros((min(batch_size, max(n, 1)), *lazy.shape[1:]), lazy.dtype) for _ in range(2)]
+    rows = min(batch_size, max(n, 1))
+    # two read buffers in turn (none when the tiles are already held)
+    bufs = [
+        np.zeros((rows, *lazy.shape[1:]), lazy.dtype) for _ in range(0 if held is not None else 2)
+    ]
     use_pool = prefetch and held is None and len(batches) > 1
     pool = ThreadPoolExecutor(1, thread_name_prefix="immunoplex-read") if use_pool else None
 

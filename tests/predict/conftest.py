@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from immunoplex.predict import PredictOptions
 from tests.training.helpers import compose_train, fast_overrides
 
 
@@ -34,6 +35,13 @@ def agnostic_ckpt(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
         epochs=2,
         extra=["model=panel_agnostic"],
     )
+
+
+def opts(ckpt: Path, inp: Path, out: Path, **kw: object) -> PredictOptions:
+    """Predict options for tests: no heatmap images, no progress bar, ``kw`` on top."""
+    base: dict[str, object] = {"heatmaps": False, "progress": False}
+    base.update(kw)
+    return PredictOptions(ckpt=str(ckpt), input=str(inp), out_dir=str(out), **base)  # type: ignore[arg-type]
 
 
 def sub_manifest(cohort: Path, out: Path, patients: list[str]) -> Path:

@@ -15,15 +15,9 @@ import tifffile
 
 from immunoplex.errors import ConfigError, ExpressionError, PanelMismatchError
 from immunoplex.predict import PredictOptions, predict
-from tests.predict.conftest import sub_manifest
+from tests.predict.conftest import opts, sub_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def opts(ckpt: Path, inp: Path, out: Path, **kw: object) -> PredictOptions:
-    base = {"heatmaps": False, "progress": False}
-    base.update(kw)
-    return PredictOptions(ckpt=str(ckpt), input=str(inp), out_dir=str(out), **base)  # type: ignore[arg-type]
 
 
 def write_slide_without(src: Path, dst: Path, drop: str, mpp: float | None = 0.5) -> Path:

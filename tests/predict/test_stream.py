@@ -9,13 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
+import immunoplex.predict as predict_module
 import immunoplex.predict_stream as ps
+from immunoplex.data.slides import fit_slide_norm
 from immunoplex.errors import SlideReadError
 from immunoplex.intensity import IntensityNorm
 from immunoplex.io.panel import Panel
-from immunoplex.predict import PredictOptions, Predictor, predict, safe_name
+from immunoplex.predict import Predictor, predict, safe_name
 from immunoplex.tiling import read_tiles
-from tests.predict.conftest import sub_manifest
+from tests.predict.conftest import opts, sub_manifest
 
 
 def _patients(cohort: Path, n_single: int) -> list[str]:
@@ -28,16 +30,7 @@ def _patients(cohort: Path, n_single: int) -> list[str]:
 
 
 def _run(ckpt: Path, manifest: Path, out: Path, **kw: object) -> pd.DataFrame:
-    return predict(
-        PredictOptions(
-            ckpt=str(ckpt),
-            input=str(manifest),
-            out_dir=str(out),
-            heatmaps=False,
-            progress=False,
-            **kw,  # type: ignore[arg-type]
-        )
-    ).set_index("patient_id")
+    return predict(opts(ckpt, manifest, out, **kw)).set_index("patient_id")
 
 
 def test_streamed_equals_cached_path(trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path) -> None:
@@ -77,9 +70,9 @@ def test_streaming_reads_bounded_batches(
     monkeypatch.setattr(ps.LazyTiles, "read", spy)
     # statistics from one sampled tile, so encoding cannot reuse a whole-slide sample
     monkeypatch.setattr(
-        ps,
+        predict_module,
         "fit_slide_norm",
-        lambda tiles, present, lo, hi, coords: IntensityNorm.fit(
+        lambda tiles, present, coords, lo, hi: IntensityNorm.fit(
             tiles, present=present, low_pct=lo, high_pct=hi, max_pixels=tiles.shape[-1] ** 2
         ),
     )
@@ -108,8 +101,8 @@ def test_lazy_tiles_match_a_whole_slide_read(trained_ckpt: Path, tiny_cohort: Pa
         np.testing.assert_array_equal(lazy[idx], full[idx])
         np.testing.assert_array_equal(lazy[1:], full[1:])
         assert lazy[idx][:, :-1].any() and not lazy[idx][:, -1].any()  # FOXP3 is not on the slide
-        norm = ps.fit_slide_norm(lazy, o.present, pred.low_pct, pred.high_pct, o.grid.coords)
-        ref = ps.fit_slide_norm(full, o.present, pred.low_pct, pred.high_pct, o.grid.coords)
+        norm = fit_slide_norm(lazy, o.present, o.grid.coords, pred.low_pct, pred.high_pct)
+        ref = fit_slide_norm(full, o.present, o.grid.coords, pred.low_pct, pred.high_pct)
         assert norm.low == ref.low and norm.high == ref.high
     finally:
         o.close()
@@ -124,8 +117,8 @@ def test_prefetch_and_batch_size_do_not_change_embeddings(
     )
     try:
         c = len(pred.panel.markers)
-        norm = ps.fit_slide_norm(
-            ps.LazyTiles(o, c), o.present, pred.low_pct, pred.high_pct, o.grid.coords
+        norm = fit_slide_norm(
+            ps.LazyTiles(o, c), o.present, o.grid.coords, pred.low_pct, pred.high_pct
         )
         cm = torch.from_numpy(o.present)
 
@@ -162,7 +155,7 @@ def test_a_slide_failing_mid_read_is_skipped_and_reported(
             raise SlideReadError(f"{lazy.s.path}: truncated segment (test)")
         return real(encode, lazy, *a, **kw)
 
-    monkeypatch.setattr(ps, "embed_streamed", failing)
+    monkeypatch.setattr(predict_module, "embed_streamed", failing)
     with pytest.raises(SlideReadError, match="truncated segment"):
         _run(trained_ckpt, manifest, tmp_path / "err")
     df = _run(trained_ckpt, manifest, tmp_path / "skip", on_bad_slide="skip")
