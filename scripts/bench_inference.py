@@ -1,4 +1,4 @@
-"""Inference per slide: seconds for one large 8-channel slide through ``immunoplex.predict``
+"""Inference per slide: seconds for one large 8-channel slide through ``immunoplex.inference.run``
 against max(reading alone, model alone), measured in the same run.
 
     python scripts/bench_inference.py [--size 4000] [--device cuda] [--reps 3]
@@ -107,7 +107,7 @@ def checkpoint(cache: Path, device: torch.device) -> Path:
     ckpt = cache / "ckpt_multimodal" / "model.ckpt"
     if ckpt.is_file():
         return ckpt
-    from immunoplex.train import train
+    from immunoplex.training.run import train
 
     cohort = benchlib.synthetic_cohort(cache, "cohort_tiny", size="tiny")
     cfg = benchlib.compose(
@@ -149,11 +149,13 @@ def main() -> None:
     from immunoplex.data.slides import slide_tiles
     from immunoplex.data.transforms import tile_normaliser
     from immunoplex.errors import CheckpointError
-    from immunoplex.intensity import IntensityNorm
+    from immunoplex.inference.predictor import Predictor, model_batch, tile_scores
+    from immunoplex.inference.run import predict
     from immunoplex.io import open_slide
-    from immunoplex.predict import Predictor, model_batch, predict, tile_scores
-    from immunoplex.tilecache import TileCache
-    from immunoplex.tiling import make_tile_grid, read_tiles, resolve_channels
+    from immunoplex.tiles.cache import TileCache
+    from immunoplex.tiles.grid import make_tile_grid, read_tiles
+    from immunoplex.tiles.intensity import IntensityNorm
+    from immunoplex.tiles.tissue import resolve_channels
 
     try:
         pred = Predictor.load(ckpt, device)

@@ -26,7 +26,7 @@ import torch
 from hydra.utils import instantiate
 
 import benchlib
-from immunoplex.train import _instantiate_group, build
+from immunoplex.training.run import _instantiate_group, build
 
 
 class EpochTimer(L.Callback):

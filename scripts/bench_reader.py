@@ -207,7 +207,8 @@ def throughput(size: int, workdir: Path, reps: int) -> list[str]:
 BIG_CHILD = r"""
 import json, resource, sys, time
 from immunoplex.io import open_slide
-from immunoplex.tiling import TilingParams, make_tile_grid, iter_tile_batches
+from immunoplex.tiles.params import TilingParams
+from immunoplex.tiles.grid import make_tile_grid, iter_tile_batches
 t = time.perf_counter()
 with open_slide(sys.argv[1]) as s:
     grid = make_tile_grid(s, TilingParams(tile_size=32, mpp=2.0, min_tissue=0.0))

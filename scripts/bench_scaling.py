@@ -34,8 +34,8 @@ CHILD = r"""
 import json, sys, threading, time
 from pathlib import Path
 from immunoplex.io.panel import Panel
-from immunoplex.tilecache import TileCache
-from immunoplex.tiling import TilingParams
+from immunoplex.tiles.cache import TileCache
+from immunoplex.tiles.params import TilingParams
 
 def status():
     d = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines())
@@ -66,10 +66,10 @@ def per_slide_cost(cohort: Path, work: Path, device: str) -> tuple[float, int]:
     import torch
 
     from immunoplex.data.slides import slide_tiles
-    from immunoplex.embed import build_encoder, embed_slide
     from immunoplex.io.panel import Panel
-    from immunoplex.tilecache import TileCache
-    from immunoplex.tiling import TilingParams
+    from immunoplex.tiles.cache import TileCache
+    from immunoplex.tiles.params import TilingParams
+    from immunoplex.training.embed import build_encoder, embed_slide
 
     cfg = benchlib.compose([f"data.root={cohort}"])
     d = cfg.data

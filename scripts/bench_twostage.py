@@ -1,5 +1,5 @@
 """Two-stage training: an aggregator epoch on cached embeddings against an end-to-end epoch on the
-same cohort, and embedding extraction (``immunoplex.embed.embed_slide``) against pure encoder
+same cohort, and embedding extraction (``immunoplex.training.embed.embed_slide``) against pure encoder
 inference on device tensors.
 
     python scripts/bench_twostage.py [--device cuda] [--reps 3] [--quick]
@@ -24,7 +24,7 @@ import torch
 
 import benchlib
 from immunoplex.data.transforms import normalise_tiles
-from immunoplex.embed import build_encoder, embed_slide
+from immunoplex.training.embed import attach_embeddings, build_encoder, embed_slide
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     dm_2s, model_2s = benchlib.datamodule_and_model(cfg_2s)
     encoder = build_encoder(cfg_2s.model, dm_2s.dims["markers"], None, seed=seed)
     t = time.perf_counter()
-    report = dm_2s.attach_embeddings(encoder, device=device)
+    report = attach_embeddings(dm_2s, encoder, device=device)
     print(f"embedding cache: {report} in {time.perf_counter() - t:.1f}s", flush=True)
     model_2s.encoder.load_state_dict(encoder.encoder.state_dict())
     model_2s.encoder.requires_grad_(False)

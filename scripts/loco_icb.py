@@ -9,7 +9,7 @@ ResponseModel) are trained on the six others only, and the classic baselines (CD
 IFNG6, TEFF) score exactly the same labelled held-out samples. AUROC per cohort with a stratified
 bootstrap 95% CI, pooled AUROC over all held-out predictions, and paired pooled differences.
 ``--model-out`` also saves the elastic-net trained on all seven cohorts (JSON, for
-``immunoplex.linear.predict_expression`` / immunoplex-predict).
+``immunoplex.expression.linear.predict_expression`` / immunoplex-predict).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import yaml
 
 from immunoplex.errors import ImmunoplexError
-from immunoplex.expression_icb import load_icb_cohorts, read_prepared
-from immunoplex.linear import ElasticNetConfig, ElasticNetExpressionModel
-from immunoplex.loco import comparison_table, markdown_table, run_loco, summarise
-from immunoplex.signatures import SIGNATURES
+from immunoplex.evaluation.loco import comparison_table, markdown_table, run_loco, summarise
+from immunoplex.expression.icb import load_icb_cohorts, read_prepared
+from immunoplex.expression.linear import ElasticNetConfig, ElasticNetExpressionModel
+from immunoplex.expression.signatures import SIGNATURES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("elasticnet", "mlp")
@@ -40,7 +40,7 @@ def _factories(names: list[str], norm_cfg: dict, seed: int) -> dict:
             cfg = ElasticNetConfig(normalizer=dict(norm_cfg), seed=seed)
             factories[name] = lambda cfg=cfg: ElasticNetExpressionModel(cfg)
         elif name == "mlp":
-            from immunoplex.expression_mlp import MLPConfig, TorchExpressionModel
+            from immunoplex.expression.mlp import MLPConfig, TorchExpressionModel
 
             mcfg = MLPConfig(normalizer=dict(norm_cfg))
             factories[name] = lambda mcfg=mcfg: TorchExpressionModel(mcfg)
@@ -84,7 +84,7 @@ def _report(args: argparse.Namespace, prepared, result, summary, norm_cfg, final
         "",
         "Pooled = all held-out predictions together (model probabilities as produced; baseline "
         "scores z-scored within their cohort, which leaves each cohort's AUROC unchanged). CIs: "
-        "class-stratified percentile bootstrap (`immunoplex.loco.bootstrap_auroc`).",
+        "class-stratified percentile bootstrap (`immunoplex.evaluation.loco.bootstrap_auroc`).",
         "",
     ]
     for ref in args.models:
@@ -135,8 +135,8 @@ def _report(args: argparse.Namespace, prepared, result, summary, norm_cfg, final
         "",
         "```python",
         "import json",
-        "from immunoplex.expression import read_expression",
-        "from immunoplex.linear import predict_expression",
+        "from immunoplex.expression.io import read_expression",
+        "from immunoplex.expression.linear import predict_expression",
         "model = json.load(open('data/icb/expression_elasticnet.json'))",
         "table = read_expression('new_cohort.csv')  # genes x samples or samples x genes",
         "p = predict_expression(model, table)  # the table is z-scored as one new cohort (>= 3)",

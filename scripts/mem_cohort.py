@@ -55,12 +55,12 @@ def child(work: Path, n: int) -> None:
     from omegaconf import OmegaConf
 
     from immunoplex.data.slides import slide_tiles
-    from immunoplex.embed import EmbeddingCache, embed_slides, encoder_fingerprint
     from immunoplex.io.panel import Panel
     from immunoplex.paths import config_dir
-    from immunoplex.tilecache import TileCache
-    from immunoplex.tiling import TilingParams
+    from immunoplex.tiles.cache import TileCache
+    from immunoplex.tiles.params import TilingParams
     from immunoplex.training.checkpoint import build_model
+    from immunoplex.training.embed import EmbeddingCache, embed_slides, encoder_fingerprint
 
     cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "mean_mil.yaml"))
     dims = {

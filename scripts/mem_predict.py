@@ -57,7 +57,7 @@ def write_slide(path: Path, size: int, mpp: float = 0.5) -> None:
 
 
 def child(ckpt: str, slide: str, out: str) -> None:
-    from immunoplex.predict import predict
+    from immunoplex.inference.run import predict
 
     t0 = time.time()
     df = predict(

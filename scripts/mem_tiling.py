@@ -25,7 +25,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     args = ap.parse_args()
     from immunoplex.io import open_slide
-    from immunoplex.tiling import TilingParams, iter_tile_batches, make_tile_grid
+    from immunoplex.tiles.grid import iter_tile_batches, make_tile_grid
+    from immunoplex.tiles.params import TilingParams
 
     t0 = time.time()
     with open_slide(args.slide) as slide:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from immunoplex.errors import ImmunoplexError
-from immunoplex.expression_icb import load_icb_cohorts, write_prepared
+from immunoplex.expression.icb import load_icb_cohorts, write_prepared
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

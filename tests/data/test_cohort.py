@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from immunoplex.cohort import load_cohort, parse_label
+from immunoplex.data.cohort import load_cohort, parse_label
 from immunoplex.errors import ManifestError
 
 HEADER = "slide_id,patient_id,image,label,cohort,treatment,sclever1,split\n"

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from immunoplex.data.splits import Split, make_split, n_folds_for
 from immunoplex.errors import SplitError
-from immunoplex.splits import Split, make_split, n_folds_for
 
 
 def _patients(n: int = 60, seed: int = 0) -> pd.DataFrame:

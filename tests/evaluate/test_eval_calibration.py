@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from immunoplex.calibration import (
+from immunoplex.errors import ConfigError
+from immunoplex.evaluation.calibration import (
     Calibration,
     ConformalPredictor,
     apply_temperature,
@@ -20,8 +21,7 @@ from immunoplex.calibration import (
     nll,
     set_size,
 )
-from immunoplex.errors import ConfigError
-from immunoplex.evaluate_metrics import ece
+from immunoplex.evaluation.metrics import ece
 
 
 def _logits(n: int, seed: int, scale: float = 1.0):

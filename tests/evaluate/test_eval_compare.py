@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from immunoplex.errors import ConfigError
-from immunoplex.evaluate_compare import (
+from immunoplex.evaluation.compare import (
     delong_auc_ci,
     delong_covariance,
     delong_test,
     paired_bootstrap,
 )
-from immunoplex.evaluate_metrics import auroc, bootstrap_replicates
+from immunoplex.evaluation.metrics import auroc, bootstrap_replicates
 
 
 def _pair(n: int, seed: int, d_a: float = 1.2, d_b: float = 0.4, rho: float = 0.5):

@@ -8,7 +8,7 @@ from scipy.special import expit, logit
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from immunoplex.evaluate_metrics import (
+from immunoplex.evaluation.metrics import (
     auprc,
     auroc,
     balanced_accuracy,
@@ -21,7 +21,7 @@ from immunoplex.evaluate_metrics import (
     sensitivity,
     specificity,
 )
-from immunoplex.evaluate_plots import decision_curve
+from immunoplex.evaluation.plots import decision_curve
 
 
 def _binormal(n: int, d: float, seed: int, prevalence: float = 0.4):

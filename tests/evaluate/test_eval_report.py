@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from immunoplex.errors import ManifestError
-from immunoplex.evaluate import evaluate_predictions
-from immunoplex.evaluate_input import read_predictions_csv, validate_predictions
+from immunoplex.evaluation.inputs import read_predictions_csv, validate_predictions
+from immunoplex.evaluation.run import evaluate_predictions
 
 FAST = {"n_boot": 40, "roc_band_boot": 10}
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from immunoplex.expression_mlp import MLPConfig, TorchExpressionModel  # noqa: E402
+from immunoplex.expression.mlp import MLPConfig, TorchExpressionModel  # noqa: E402
 
 
 @pytest.mark.slow  # torch start-up and training: ~5-25 s on 2 busy cores

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from immunoplex.errors import ConfigError, ExpressionError
-from immunoplex.expression import NORMALIZATION_METHODS, ExpressionNormalizer
+from immunoplex.expression.normalise import NORMALIZATION_METHODS, ExpressionNormalizer
 
 
 def _cohorts(seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:

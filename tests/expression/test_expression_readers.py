@@ -11,13 +11,8 @@ import pytest
 from scipy import sparse
 
 from immunoplex.errors import ExpressionError
-from immunoplex.expression import (
-    ExpressionTable,
-    detect_orientation,
-    harmonise_genes,
-    intersect_genes,
-    read_expression,
-)
+from immunoplex.expression.genes import harmonise_genes, intersect_genes
+from immunoplex.expression.io import ExpressionTable, detect_orientation, read_expression
 
 GENES = ["CD8A", "GZMA", "PRF1", "IFNG", "STAT1"]
 SAMPLES = ["s1", "s2", "s3", "s4"]

@@ -12,11 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from immunoplex.expression import read_expression
-from immunoplex.expression_icb import load_icb_cohorts, read_prepared, write_prepared
-from immunoplex.linear import ElasticNetConfig, ElasticNetExpressionModel, predict_expression
-from immunoplex.loco import auroc
-from immunoplex.signatures import score_signature
+from immunoplex.evaluation.loco import auroc
+from immunoplex.expression.icb import load_icb_cohorts, read_prepared, write_prepared
+from immunoplex.expression.io import read_expression
+from immunoplex.expression.linear import (
+    ElasticNetConfig,
+    ElasticNetExpressionModel,
+    predict_expression,
+)
+from immunoplex.expression.signatures import score_signature
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REALDATA = Path(os.environ.get("IMMUNOPLEX_REALDATA", REPO_ROOT.parent / "shared" / "realdata"))

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from immunoplex.errors import CheckpointError, ExpressionError
-from immunoplex.expression import ExpressionTable
-from immunoplex.linear import (
+from immunoplex.expression.io import ExpressionTable
+from immunoplex.expression.linear import (
     ElasticNetConfig,
     ElasticNetExpressionModel,
     _sample_weight,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from immunoplex.errors import ExpressionError, SplitError
-from immunoplex.loco import (
+from immunoplex.evaluation.loco import (
     POOLED,
     auroc,
     bootstrap_auroc,
@@ -17,7 +17,7 @@ from immunoplex.loco import (
     run_loco,
     summarise,
 )
-from immunoplex.signatures import SIGNATURES, score_signature, score_signatures
+from immunoplex.expression.signatures import SIGNATURES, score_signature, score_signatures
 
 
 def _hand_table() -> pd.DataFrame:

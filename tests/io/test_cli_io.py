@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from immunoplex.cli.inspect import main as inspect_main
 from immunoplex.cli.tile import tile_cohort
 from immunoplex.errors import ManifestError
-from immunoplex.tiling import load_grid
+from immunoplex.tiles.grid import load_grid
 from tests.io.conftest import CONFIGS, synthetic_image, write_ome
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from immunoplex.errors import ConfigError
-from immunoplex.intensity import IntensityNorm
+from immunoplex.tiles.intensity import IntensityNorm
 
 
 def tiles(seed: int = 0) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_cohort_fit_and_validation() -> None:
 
 def test_functional_forms_broadcast_per_tile() -> None:
     torch = pytest.importorskip("torch")
-    from immunoplex.intensity import normalise_numpy, normalise_torch
+    from immunoplex.tiles.intensity import normalise_numpy, normalise_torch
 
     x = tiles()[:6].reshape(2, 3, 3, 8, 8)  # (B, N, C, T, T)
     low = np.zeros((2, 3, 3, 1, 1), np.float32)
@@ -69,7 +69,7 @@ def test_functional_forms_broadcast_per_tile() -> None:
 def test_block_sampling_reads_few_blocks_and_matches_when_everything_fits() -> None:
     """With grid positions, a large slide's sample is whole 8x8-tile blocks; small slides are
     sampled whole either way (identical statistics)."""
-    from immunoplex.intensity import _sample_tiles
+    from immunoplex.tiles.intensity import _sample_tiles
 
     rng = np.random.default_rng(0)
     gy, gx = np.mgrid[:64, :64]
@@ -94,7 +94,7 @@ def test_block_sampling_reads_few_blocks_and_matches_when_everything_fits() -> N
 def test_integer_lut_equals_elementwise_normalisation(dtype: type) -> None:
     import torch
 
-    from immunoplex.intensity import IntegerLUT, normalise_torch
+    from immunoplex.tiles.intensity import IntegerLUT, normalise_torch
 
     rng = np.random.default_rng(0)
     top = np.iinfo(dtype).max

@@ -10,7 +10,8 @@ import tifffile
 
 from immunoplex.io import open_slide
 from immunoplex.io.panel import Panel, match_panel
-from immunoplex.tiling import TilingParams, make_tile_grid, read_tiles
+from immunoplex.tiles.grid import make_tile_grid, read_tiles
+from immunoplex.tiles.params import TilingParams
 
 pytestmark = pytest.mark.realdata
 MIBI = "mibitiff/fov8_RowNumber0_Depth_Profile0-MassCorrected-Filtered.tiff"

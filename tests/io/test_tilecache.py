@@ -11,8 +11,9 @@ import pytest
 from immunoplex.errors import PanelMismatchError
 from immunoplex.io import open_slide
 from immunoplex.io.panel import Panel
-from immunoplex.tilecache import TileCache, TileSet
-from immunoplex.tiling import TilingParams, make_tile_grid, read_tiles
+from immunoplex.tiles.cache import TileCache, TileSet
+from immunoplex.tiles.grid import make_tile_grid, read_tiles
+from immunoplex.tiles.params import TilingParams
 from tests.io.conftest import synthetic_image, write_ome
 
 PARAMS = TilingParams(tile_size=16, mpp=2.0, min_tissue=0.5)

@@ -9,26 +9,12 @@ import pytest
 
 from immunoplex.errors import ConfigError, ResolutionError
 from immunoplex.io import open_slide
-from immunoplex.io.slide import Slide
-from immunoplex.tiling import (
-    QC_PALETTE,
-    TileGrid,
-    TilingParams,
-    choose_level,
-    composite,
-    detect_tissue,
-    iter_tile_chunks,
-    load_grid,
-    make_tile_grid,
-    percentiles,
-    read_downsampled,
-    read_resampled,
-    read_tiles,
-    render_qc,
-    save_grid,
-    shape_at,
-    slide_tissue,
-)
+from immunoplex.io.base import Slide
+from immunoplex.tiles.grid import iter_tile_chunks, load_grid, make_tile_grid, read_tiles, save_grid
+from immunoplex.tiles.params import TileGrid, TilingParams
+from immunoplex.tiles.qc import QC_PALETTE, composite, render_qc
+from immunoplex.tiles.resample import choose_level, read_downsampled, read_resampled, shape_at
+from immunoplex.tiles.tissue import detect_tissue, percentiles, slide_tissue
 from tests.io.conftest import synthetic_image, write_ome
 
 
@@ -178,7 +164,7 @@ def test_tissue_is_read_channel_by_channel_in_strips(
     with open_slide(p) as s:
         whole = detect_tissue(read_resampled(s, 2.0, 0, 0, 128, 128), 2.0, params, nuclear=[1])
         calls = record_reads(monkeypatch, s)
-        monkeypatch.setattr("immunoplex.tiling.STRIP_BYTES", 64 << 10)
+        monkeypatch.setattr("immunoplex.tiles.resample.STRIP_BYTES", 64 << 10)
         mask, mmpp = slide_tissue(s, params)
     assert mmpp == 2.0 and mask.shape == (128, 128)
     np.testing.assert_array_equal(mask, whole)
@@ -239,7 +225,7 @@ def test_composite_channel_by_channel(slide_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("axis", [1, 2])
 def test_integer_box_factor_fast_path_equals_general_path(axis: int) -> None:
-    from immunoplex.tiling import _box_axis
+    from immunoplex.tiles.resample import _box_axis
 
     a = np.random.default_rng(0).integers(0, 4000, (2, 41, 43)).astype(np.uint16)
     n_out = a.shape[axis] // 4

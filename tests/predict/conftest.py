@@ -7,13 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from immunoplex.predict import PredictOptions
+from immunoplex.inference.options import PredictOptions
 from tests.training.helpers import compose_train, fast_overrides
 
 
 def train_checkpoint(cohort: Path, out: Path, epochs: int, extra: list[str] | None = None) -> Path:
     """Train with the shipped config (CPU, quick) and return the final checkpoint."""
-    from immunoplex.train import train
+    from immunoplex.training.run import train
 
     cfg = compose_train(fast_overrides(cohort, epochs=epochs) + list(extra or []), output_dir=out)
     summary = train(cfg)

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from immunoplex.predict import PredictOptions, predict, safe_name
+from immunoplex.inference.options import PredictOptions
+from immunoplex.inference.run import predict
+from immunoplex.utils.names import safe_name
 from tests.predict.conftest import train_checkpoint
 
 CAUSAL = ["CD8", "PanCK", "STAB1", "CD68", "CD66b"]

@@ -11,8 +11,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from immunoplex.errors import ConfigError
-from immunoplex.linear import ElasticNetExpressionModel
-from immunoplex.predict import PredictOptions, predict
+from immunoplex.expression.linear import ElasticNetExpressionModel
+from immunoplex.inference.options import PredictOptions
+from immunoplex.inference.run import predict
 
 
 def _cohort(seed: int, n: int = 80, genes: int = 30) -> tuple[pd.DataFrame, np.ndarray]:

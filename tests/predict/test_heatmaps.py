@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 import tifffile
 
-from immunoplex.heatmaps import Geometry, SlideHeat, geojson, tile_raster, write_slide_heatmaps
+from immunoplex.inference.heatmaps import geojson, write_slide_heatmaps
+from immunoplex.inference.slideheat import Geometry, SlideHeat, tile_raster
 from immunoplex.io import open_slide
-from immunoplex.tiling import TilingParams, make_tile_grid
+from immunoplex.tiles.grid import make_tile_grid
+from immunoplex.tiles.params import TilingParams
 
 
 @pytest.fixture()

@@ -14,7 +14,8 @@ import pytest
 import tifffile
 
 from immunoplex.errors import ConfigError, ExpressionError, PanelMismatchError
-from immunoplex.predict import PredictOptions, predict
+from immunoplex.inference.options import PredictOptions
+from immunoplex.inference.run import predict
 from tests.predict.conftest import opts, sub_manifest
 
 REPO = Path(__file__).resolve().parents[2]

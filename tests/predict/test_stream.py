@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-import immunoplex.predict as predict_module
-import immunoplex.predict_stream as ps
+import immunoplex.inference.patient as predict_module
+import immunoplex.inference.stream as ps
 from immunoplex.data.slides import fit_slide_norm
 from immunoplex.errors import SlideReadError
-from immunoplex.intensity import IntensityNorm
+from immunoplex.inference.predictor import Predictor
+from immunoplex.inference.run import predict
 from immunoplex.io.panel import Panel
-from immunoplex.predict import Predictor, predict, safe_name
-from immunoplex.tiling import read_tiles
+from immunoplex.tiles.grid import read_tiles
+from immunoplex.tiles.intensity import IntensityNorm
+from immunoplex.utils.names import safe_name
 from tests.predict.conftest import opts, sub_manifest
 
 

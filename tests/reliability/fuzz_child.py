@@ -18,9 +18,9 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from immunoplex.cohort import load_cohort
+from immunoplex.data.cohort import load_cohort
 from immunoplex.errors import ImmunoplexError
-from immunoplex.expression import read_expression
+from immunoplex.expression.io import read_expression
 from immunoplex.io import open_slide
 
 REGION = 96  # reads are bounded: a fuzzed header may claim any size

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from immunoplex.io.panel import Panel
-from immunoplex.tilecache import TileCache
-from immunoplex.tiling import TilingParams
+from immunoplex.tiles.cache import TileCache
+from immunoplex.tiles.params import TilingParams
 from tests.reliability.slides import MARKERS, tissue_image, write_ome
 
 pytestmark = pytest.mark.slow  # every test starts a fresh interpreter (seconds each)
@@ -53,9 +53,9 @@ def test_tile_cache_killed_mid_build_is_rebuilt(tmp_path: Path) -> None:
     rc = _child(
         """
         import sys
-        import immunoplex.tilecache as tc
+        import immunoplex.tiles.cache as tc
         from immunoplex.io.panel import Panel
-        from immunoplex.tiling import TilingParams
+        from immunoplex.tiles.params import TilingParams
         real = tc.iter_tile_chunks
         def first_chunk_then_die(*args, **kwargs):
             for chunk in real(*args, **kwargs):
@@ -86,14 +86,14 @@ def test_tile_cache_killed_mid_build_is_rebuilt(tmp_path: Path) -> None:
 # ---- embedding cache -----------------------------------------------------------------------
 @pytest.mark.parametrize("stage", ["npy", "json"])
 def test_embedding_cache_killed_mid_save_is_not_trusted(tmp_path: Path, stage: str) -> None:
-    from immunoplex.embed import EmbeddingCache
+    from immunoplex.training.embed import EmbeddingCache
 
     root = tmp_path / "emb"
     rc = _child(
         f"""
         import io, sys
         import numpy as np
-        import immunoplex.embed as embed
+        import immunoplex.training.embed as embed
         real_save, real_dumps = np.save, embed.json.dumps
         def half_save(f, arr, *a, **k):
             buf = io.BytesIO(); real_save(buf, arr, *a, **k)

@@ -19,8 +19,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from immunoplex.cli.tile import tile_cohort
-from immunoplex.cohort import load_cohort
+from immunoplex.data.cohort import load_cohort
 from immunoplex.data.datamodule import DataConfig, ResponseDataModule, SplitConfig
+from immunoplex.data.splits import Split, make_split
 from immunoplex.data.transforms import normalise_tiles
 from immunoplex.errors import (
     ExpressionError,
@@ -29,11 +30,11 @@ from immunoplex.errors import (
     SlideReadError,
     SplitError,
 )
-from immunoplex.expression import harmonise_genes, read_expression
-from immunoplex.intensity import IntensityNorm
+from immunoplex.expression.genes import harmonise_genes
+from immunoplex.expression.io import read_expression
 from immunoplex.io import open_slide
 from immunoplex.paths import config_dir
-from immunoplex.splits import Split, make_split
+from immunoplex.tiles.intensity import IntensityNorm
 from tests.reliability.slides import (
     MARKERS,
     corrupt_tile_data,

@@ -152,7 +152,7 @@ def test_every_checkpoint_read_in_src_is_weights_only() -> None:
                 assert "weights_only=True" in line, f"{rel}: resume may unpickle"
     # Inference reads go through load_checkpoint; the only other read is pretrained weights.
     assert sorted(set(calls)) == ["models/encoders.py", "training/checkpoint.py"]
-    for rel in ("predict.py", "embed.py"):
+    for rel in ("inference/predictor.py", "training/embed.py"):
         text = (SRC / rel).read_text()
         assert "load_checkpoint(" in text and "torch.load" not in text, rel
 

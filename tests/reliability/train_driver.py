@@ -78,7 +78,7 @@ def main() -> None:
     with open_dict(cfg):
         cfg.paths.output_dir = str(Path(args.out))
 
-    from immunoplex import train as train_mod
+    from immunoplex.training import run as train_mod
 
     build = train_mod.build
 

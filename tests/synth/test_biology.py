@@ -8,8 +8,9 @@ import pytest
 import tifffile
 from scipy import ndimage, stats
 
+from immunoplex.evaluation.metrics import auroc_score as auroc
+from immunoplex.evaluation.metrics import expected_auroc
 from immunoplex.synth import signal
-from immunoplex.synth.metrics import auroc, expected_auroc
 from immunoplex.synth.settings import resolve_settings
 from immunoplex.synth.truth import COMBO, MONO, oracle_aurocs, sample_truth
 

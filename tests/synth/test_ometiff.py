@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from immunoplex.synth.ometiff import is_complete_slide, n_levels, pyramid, write_ome_tiff
+from immunoplex.io.write import is_complete_ome_tiff, n_levels, pyramid, write_ome_tiff
 from immunoplex.synth.settings import resolve_settings
 
 PANEL = ["DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b"]
@@ -66,13 +66,13 @@ def test_write_is_atomic_and_complete(tmp_path):
     path = tmp_path / "x.ome.tif"
     write_ome_tiff(path, data, ["DAPI", "CD8", "PanCK"], 0.5, compression="zlib")
     assert [p.name for p in tmp_path.iterdir()] == ["x.ome.tif"]
-    assert is_complete_slide(path, (3, 300, 200), n_levels((300, 200)))
+    assert is_complete_ome_tiff(path, (3, 300, 200), n_levels((300, 200)))
     np.testing.assert_array_equal(tifffile.imread(path), data)
     # a wrong shape or a truncated file is not complete
-    assert not is_complete_slide(path, (3, 300, 201), n_levels((300, 200)))
+    assert not is_complete_ome_tiff(path, (3, 300, 201), n_levels((300, 200)))
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 3])
-    assert not is_complete_slide(path, (3, 300, 200), n_levels((300, 200)))
+    assert not is_complete_ome_tiff(path, (3, 300, 200), n_levels((300, 200)))
     # a failing write leaves neither the target nor a temporary file
     with pytest.raises(ValueError):
         write_ome_tiff(tmp_path / "bad.ome.tif", data, ["DAPI"], 0.5)

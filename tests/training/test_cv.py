@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from immunoplex.cv import collect_folds, fold_configs, run_cv
 from immunoplex.data.datamodule import ResponseDataModule, data_config_from
+from immunoplex.training.cv import collect_folds, fold_configs, run_cv
 
 from .helpers import compose_train, fast_overrides
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from immunoplex.train import train
+from immunoplex.training.run import train
 
 from .helpers import compose_train, fast_overrides
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from immunoplex.train import train
 from immunoplex.training.checkpoint import load_checkpoint
+from immunoplex.training.run import train
 
 from .helpers import compose_train, fast_overrides
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from immunoplex.data.datamodule import ResponseDataModule, data_config_from
-from immunoplex.train import train
 from immunoplex.training.checkpoint import load_checkpoint, model_from_checkpoint
 from immunoplex.training.inference import infer
+from immunoplex.training.run import train
 
 from .helpers import compose_train, fast_overrides
 

@@ -20,7 +20,7 @@ from immunoplex.paths import config_dir
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> None:
-    from immunoplex.cv import collect_folds, run_cv
+    from immunoplex.training.cv import collect_folds, run_cv
 
     collect = cfg.get("collect")
     if collect:

@@ -21,7 +21,7 @@ from immunoplex.paths import config_dir
 def embed(cfg: DictConfig) -> dict[str, int]:
     """Tile (if needed) and embed this shard's slides; returns cached/computed counts."""
     from immunoplex.data.datamodule import ResponseDataModule, data_config_from
-    from immunoplex.embed import build_encoder
+    from immunoplex.training.embed import attach_embeddings, build_encoder
 
     shard = int(cfg.get("embed", {}).get("shard", 0))
     num_shards = int(cfg.get("embed", {}).get("num_shards", 1))
@@ -35,7 +35,7 @@ def embed(cfg: DictConfig) -> dict[str, int]:
         cfg.model, dm.dims["markers"], emb.get("encoder_checkpoint"), seed=int(cfg.seed)
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return dm.attach_embeddings(encoder, device, shard, num_shards, progress=True)
+    return attach_embeddings(dm, encoder, device, shard, num_shards, progress=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

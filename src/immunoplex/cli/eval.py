@@ -17,7 +17,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as configured by ``configs/eval.yaml``; returns the metrics dict."""
     if OmegaConf.is_missing(cfg, "predictions") or not cfg.predictions:
         raise ConfigError("eval: predictions=PATH is required")
-    from immunoplex.evaluate import evaluate_predictions  # heavy (scipy, matplotlib): lazy
+    from immunoplex.evaluation.run import evaluate_predictions  # heavy (scipy, matplotlib): lazy
 
     group_by = cfg.group_by
     if isinstance(group_by, str):

@@ -27,7 +27,7 @@ def _summary(df, out_dir: str) -> str:  # type: ignore[no-untyped-def]
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    from immunoplex.predict import predict
+    from immunoplex.inference.run import predict
 
     try:
         df = predict(cfg)

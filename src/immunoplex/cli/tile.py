@@ -70,7 +70,9 @@ def read_manifest(path: str | Path, default_mpp: float | None = None) -> list[di
 def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
     """One slide: grid parquet + QC png. Returns a row; errors become ``status='skipped'``."""
     from immunoplex.io import open_slide
-    from immunoplex.tiling import TilingParams, make_tile_grid, render_qc, save_grid
+    from immunoplex.tiles.grid import make_tile_grid, save_grid
+    from immunoplex.tiles.params import TilingParams
+    from immunoplex.tiles.qc import render_qc
 
     row = {"slide_id": job["slide_id"], "image": job["image"]}
     try:
@@ -102,7 +104,7 @@ def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_done(grid_path: Path, qc_path: Path | None, params: dict[str, Any]) -> bool:
-    from immunoplex.tiling import grid_metadata
+    from immunoplex.tiles.grid import grid_metadata
 
     if not grid_path.is_file() or (qc_path is not None and not qc_path.is_file()):
         return False
@@ -116,7 +118,7 @@ def tile_cohort(cfg: DictConfig | dict[str, Any]) -> TileRunSummary:
     """Run tiling over ``cfg.manifest`` into ``cfg.out_dir`` (see configs/tile.yaml)."""
     from tqdm import tqdm
 
-    from immunoplex.tiling import TilingParams
+    from immunoplex.tiles.params import TilingParams
 
     c = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     out = Path(str(c.out_dir))

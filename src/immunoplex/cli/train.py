@@ -1,4 +1,4 @@
-"""`immunoplex-train`: Hydra entry point around :func:`immunoplex.train.train`."""
+"""`immunoplex-train`: Hydra entry point around :func:`immunoplex.training.run.train`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 @friendly_errors
 def _main(cfg: DictConfig) -> float | None:
-    from immunoplex.train import train
+    from immunoplex.training.run import train
 
     summary = train(cfg)
     if summary:

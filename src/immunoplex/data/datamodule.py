@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from immunoplex.cohort import Cohort, load_cohort
 from immunoplex.data.bags import (
     PatientBagDataset,
     PatientRecord,
@@ -24,13 +23,15 @@ from immunoplex.data.bags import (
     SlideTiles,
     collate_bags,
 )
+from immunoplex.data.cohort import Cohort, load_cohort
 from immunoplex.data.slides import slide_tiles
+from immunoplex.data.splits import Split, make_split
 from immunoplex.errors import ImmunoplexError, ManifestError
-from immunoplex.expression import ExpressionNormalizer, read_expression
+from immunoplex.expression.io import read_expression
+from immunoplex.expression.normalise import ExpressionNormalizer
 from immunoplex.io.panel import Panel
-from immunoplex.splits import Split, make_split
-from immunoplex.tilecache import TileCache, TileSet
-from immunoplex.tiling import TilingParams
+from immunoplex.tiles.cache import TileCache, TileSet
+from immunoplex.tiles.params import TilingParams
 
 log = logging.getLogger(__name__)
 
@@ -300,39 +301,6 @@ class ResponseDataModule(L.LightningDataModule):
     @property
     def embedding_mode(self) -> bool:
         return bool((self.cfg.embeddings or {}).get("enabled", False))
-
-    def attach_embeddings(
-        self,
-        encoder: torch.nn.Module,
-        device: str | torch.device = "cpu",
-        shard: int = 0,
-        num_shards: int = 1,
-        progress: bool = False,
-    ) -> dict[str, int]:
-        """Compute/load cached embeddings for this shard's slides; tiles are then not needed."""
-        from immunoplex.embed import EmbeddingCache, embed_slides
-
-        emb_cfg = self.cfg.embeddings or {}
-        cache = EmbeddingCache(Path(emb_cfg.get("cache_dir") or Path(self.cfg.cache_dir) / "emb"))
-        all_slides = [st for rec in self.records.values() for st in rec.slides]
-        mine = sorted(all_slides, key=lambda st: st.slide_id)[shard::num_shards]
-        pairs = [(self.slide_keys[st.slide_id], st) for st in mine]
-        report = embed_slides(
-            encoder,
-            pairs,
-            cache,
-            self.cfg.intensity_low,
-            self.cfg.intensity_high,
-            device=device,
-            batch_size=int(emb_cfg.get("batch_size", 512)),
-            autocast=bool(emb_cfg.get("autocast", False)),
-            progress=progress,
-        )
-        if num_shards == 1:
-            for st in all_slides:
-                st.tiles = None  # bags now carry embeddings only
-            self.embedding_encoder = encoder
-        return report
 
     # ---- dims and metadata ---------------------------------------------------------------
     @property

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from immunoplex.data.bags import SlideTiles
-from immunoplex.intensity import IntensityNorm
-from immunoplex.tilecache import TileSet
+from immunoplex.tiles.cache import TileSet
+from immunoplex.tiles.intensity import IntensityNorm
 
 
 def fit_slide_norm(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from immunoplex.intensity import IntegerLUT, IntensityNorm, normalise_torch
+from immunoplex.tiles.intensity import IntegerLUT, IntensityNorm, normalise_torch
 
 
 @dataclass(frozen=True)

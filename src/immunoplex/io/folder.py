@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from immunoplex.errors import SlideReadError
-from immunoplex.io.slide import Plane, Slide, open_tiff, series_planes, tag_mpp
+from immunoplex.io.base import Plane, Slide, open_tiff, series_planes, tag_mpp
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 

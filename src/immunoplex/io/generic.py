@@ -7,8 +7,8 @@ from pathlib import Path
 import tifffile
 
 from immunoplex.errors import SlideReadError
+from immunoplex.io.base import Plane, Slide, series_planes, strip_suffix, tag_mpp
 from immunoplex.io.segments import PageReader
-from immunoplex.io.slide import Plane, Slide, series_planes, strip_suffix, tag_mpp
 
 
 def imagej_mpp(tif: tifffile.TiffFile) -> float | None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import tifffile
 
 from immunoplex.errors import SlideReadError
+from immunoplex.io.base import Plane, Slide, strip_suffix, tag_mpp
 from immunoplex.io.segments import PageReader
-from immunoplex.io.slide import Plane, Slide, strip_suffix, tag_mpp
 
 
 def _description_json(page: tifffile.TiffPage) -> dict[str, object]:

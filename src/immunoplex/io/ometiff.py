@@ -9,7 +9,7 @@ from pathlib import Path
 import tifffile
 
 from immunoplex.errors import SlideReadError
-from immunoplex.io.slide import Plane, Slide, series_planes
+from immunoplex.io.base import Plane, Slide, series_planes
 
 _UNIT_UM = {
     "µm": 1.0,

@@ -14,8 +14,8 @@ from pathlib import Path
 import tifffile
 
 from immunoplex.errors import SlideReadError
+from immunoplex.io.base import Plane, Slide, tag_mpp
 from immunoplex.io.segments import PageReader
-from immunoplex.io.slide import Plane, Slide, tag_mpp
 
 _DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
 

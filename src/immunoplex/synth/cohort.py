@@ -19,12 +19,12 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from immunoplex.synth import atomic
+from immunoplex.evaluation.metrics import auroc_score as auroc
 from immunoplex.synth.expression import simulate_expression
-from immunoplex.synth.metrics import auroc
 from immunoplex.synth.settings import resolve_settings
 from immunoplex.synth.slide import SLIDE_SETTING_KEYS, SlideJob, generate_slide
 from immunoplex.synth.truth import oracle_aurocs, sample_truth
+from immunoplex.utils import atomic
 
 MANIFEST_COLUMNS = [
     "slide_id", "patient_id", "image", "label", "cohort", "treatment", "sclever1", "split",

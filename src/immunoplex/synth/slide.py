@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from immunoplex.synth import atomic
+from immunoplex.io.write import is_complete_ome_tiff, n_levels, write_ome_tiff
 from immunoplex.synth.cells import CellType, place_cells
-from immunoplex.synth.ometiff import is_complete_slide, n_levels, write_ome_tiff
 from immunoplex.synth.render import render_channels
 from immunoplex.synth.signal import signal_mask
 from immunoplex.synth.tissue import build_layout
+from immunoplex.utils import atomic
 
 #: Bump when the rendering changes in a way that makes old slides stale.
 RENDER_VERSION = 1
@@ -83,7 +83,7 @@ def _existing_stats(job: SlideJob, fingerprint: str) -> dict[str, Any] | None:
         return None
     out = Path(job.out_dir)
     shape = (len(job.settings["image"]["panel"]), stats["height"], stats["width"])
-    if not is_complete_slide(out / job.image_rel, shape, stats["n_levels"]):
+    if not is_complete_ome_tiff(out / job.image_rel, shape, stats["n_levels"]):
         return None
     try:
         mask = np.load(out / job.signal_rel, mmap_mode="r")

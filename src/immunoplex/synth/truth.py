@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from immunoplex.synth.metrics import expected_auroc
+from immunoplex.evaluation.metrics import expected_auroc
 
 PHENOTYPES = ("inflamed", "excluded", "desert")
 MONO = "anti-PD-1"

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics import SumMetric
 
-from immunoplex.cohort import LABEL_NAMES
+from immunoplex.data.cohort import LABEL_NAMES
 from immunoplex.data.transforms import AugmentConfig, augment_tiles, normalise_tiles
 from immunoplex.training.checkpoint import SCHEMA_VERSION, build_model, software_versions
 from immunoplex.training.metrics import response_metrics

@@ -1,0 +1,131 @@
+"""Expression-only torch model trained with a plain full-batch loop (for leave-one-cohort-out).
+
+The network is the project's :class:`~immunoplex.models.response_model.ResponseModel` with only
+the expression modality, built from ``configs/model/expression_only.yaml`` when that config exists
+(the same config the Lightning trainer uses) and from ResponseModel defaults otherwise; treatment
+conditioning is switched off because a held-out cohort may carry a treatment never seen in
+training. A few seeds are averaged (a small, cheap ensemble reduces variance on ~200 samples).
+The normaliser is fitted on the training cohorts only, exactly like the elastic-net path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from immunoplex.errors import ExpressionError
+from immunoplex.expression.normalise import ExpressionNormalizer
+
+
+@dataclass
+class MLPConfig:
+    """Training-loop settings for the expression-only torch model."""
+
+    epochs: int = 150
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threads: int = 1  # more threads only spin on busy shared cores
+    model_config: str | None = None  # path to a model yaml; default configs/model/expression_only
+    normalizer: dict[str, Any] = field(default_factory=lambda: {"method": "zscore_cohort"})
+
+
+def _default_model_config() -> Path | None:
+    from immunoplex.paths import config_dir
+
+    path = config_dir() / "model" / "expression_only.yaml"
+    return path if path.is_file() else None
+
+
+def build_expression_only_model(n_genes: int, gene_names: Sequence[str], config: str | None) -> Any:
+    """ResponseModel with the expression modality only (from a Hydra model config if given)."""
+    from immunoplex.models.response_model import ResponseModel
+
+    dims = {
+        "n_channels": 0,
+        "markers": None,
+        "n_genes": n_genes,
+        "gene_names": list(gene_names),
+        "n_clinical": 0,
+        "treatments": [],
+    }
+    path = Path(config) if config else _default_model_config()
+    if path is not None:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path)
+        cfg = cfg.get("model", cfg) if "_target_" not in cfg else cfg
+        return instantiate(
+            cfg, **dims, modalities=["expression"], treatment_mode="none", use_clinical=False
+        )
+    return ResponseModel(**dims, modalities=["expression"], treatment_mode="none")
+
+
+class TorchExpressionModel:
+    """Normaliser + expression-only ResponseModel ensemble; same fit/predict_proba as elastic-net."""
+
+    def __init__(self, config: MLPConfig | None = None) -> None:
+        self.config = config or MLPConfig()
+        self.normalizer: ExpressionNormalizer | None = None
+        self.models: list[Any] = []
+
+    def fit(
+        self,
+        values: pd.DataFrame,
+        labels: pd.Series | Sequence[int],
+        cohorts: pd.Series | Sequence[str] | None = None,
+    ) -> TorchExpressionModel:
+        import torch
+
+        torch.set_num_threads(self.config.threads)
+        y_all = np.asarray(labels, dtype=np.int64)
+        self.normalizer = ExpressionNormalizer.from_config(self.config.normalizer)
+        x_all = self.normalizer.fit_transform(values, cohorts)
+        keep = y_all >= 0
+        x = torch.from_numpy(x_all[keep])
+        y = torch.from_numpy(y_all[keep].astype(np.float32))
+        n_pos = float(y.sum())
+        if n_pos == 0 or n_pos == len(y):
+            raise ExpressionError("expression model training needs both classes")
+        pos_weight = torch.tensor((len(y) - n_pos) / n_pos)
+        batch = {"expression": x, "has_expression": torch.ones(len(x), dtype=torch.bool)}
+        self.models = []
+        for seed in self.config.seeds:
+            torch.manual_seed(seed)
+            model = build_expression_only_model(
+                x.shape[1], self.normalizer.genes, self.config.model_config
+            )
+            opt = torch.optim.AdamW(
+                model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+            )
+            model.train()
+            for _ in range(self.config.epochs):
+                opt.zero_grad()
+                logit = model(batch)["logit"]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logit, y, pos_weight=pos_weight
+                )
+                loss.backward()
+                opt.step()
+            model.eval()
+            self.models.append(model)
+        return self
+
+    def predict_proba(
+        self, values: pd.DataFrame, cohorts: pd.Series | Sequence[str] | None = None
+    ) -> np.ndarray:
+        import torch
+
+        if self.normalizer is None or not self.models:
+            raise ExpressionError("expression model used before fit")
+        x = torch.from_numpy(self.normalizer.transform(values, cohorts))
+        batch = {"expression": x, "has_expression": torch.ones(len(x), dtype=torch.bool)}
+        with torch.no_grad():
+            probs = [torch.sigmoid(m(batch)["logit"]).numpy() for m in self.models]
+        return np.mean(probs, axis=0).astype(np.float64)

@@ -1,0 +1,66 @@
+"""The run's tables: calibrated probabilities and ``predictions.csv`` / ``predictions.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from immunoplex.inference.predictor import Predictor
+from immunoplex.utils.atomic import write_csv, write_json
+from immunoplex.utils.jsonsafe import to_json
+
+
+def _calibrate(pred: Predictor, df: pd.DataFrame) -> pd.DataFrame:
+    """Calibrated probability, class and conformal set from the checkpoint's calibration."""
+    logits = df["logit"].to_numpy(dtype=float)
+    names = pred.label_names
+    if pred.calibration is not None:
+        df["calibrated_probability"] = pred.calibration.probabilities(logits)
+        if pred.calibration.conformal is not None:
+            df["prediction_set"] = pred.calibration.predict_sets(logits)
+        else:
+            df["prediction_set"] = None
+        col = "calibrated_probability"
+    else:
+        df["calibrated_probability"] = np.nan
+        df["prediction_set"] = None
+        col = "probability"
+    df["predicted_class"] = np.where(df[col] >= pred.threshold, names[1], names[0])
+    return df
+
+
+COLUMN_ORDER = [
+    "patient_id",
+    "slide_ids",
+    "label",
+    "cohort",
+    "treatment",
+    "probability",
+    "calibrated_probability",
+    "predicted_class",
+    "prediction_set",
+    "logit",
+    "modalities",
+    "markers_used",
+    "markers_missing",
+    "degraded",
+    "genes_missing",
+    "genes_filled",
+    "n_tiles",
+    "treatment_source",
+    "skipped_slides",
+]
+
+
+def write_predictions(out_dir: Path, df: pd.DataFrame, header: dict[str, Any]) -> None:
+    """predictions.csv (lists joined by ';') and predictions.json, both atomically."""
+    records = [to_json(r) for r in df.to_dict(orient="records")]
+    flat = df.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, list)).any():
+            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if isinstance(v, list) else v)
+    write_csv(out_dir / "predictions.csv", flat)
+    write_json(out_dir / "predictions.json", {**to_json(header), "patients": records})
