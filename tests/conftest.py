@@ -22,16 +22,6 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `small` synthetic cohort, for tests that must learn a signal."""
-    from immunoplex.synth import generate_cohort
-
-    out = tmp_path_factory.mktemp("small_cohort")
-    generate_cohort(out, size="small", seed=0, workers=2)
-    return out
-
-
-@pytest.fixture(scope="session")
 def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real third-party data not found at {REALDATA} (set IMMUNOPLEX_REALDATA)")

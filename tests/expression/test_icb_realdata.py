@@ -70,11 +70,21 @@ def test_written_files_read_back_with_project_readers(prepared, tmp_path: Path) 
     assert json.loads(paths["report"].read_text())["shared_genes"] == table.values.shape[1]
 
 
-def test_baseline_on_a_real_cohort_is_oriented(prepared) -> None:
-    hugo = prepared.cohorts == "Hugo"
-    y = prepared.labels[hugo]
-    s = score_signature(prepared.expression[hugo], "CD8A")
-    assert 0.0 <= auroc(y[y >= 0], s[y >= 0]) <= 1.0
+def test_baseline_on_real_cohorts_is_oriented(prepared) -> None:
+    """CD8A scores responders higher (mean per-cohort AUROC 0.63 over the seven cohorts, every
+    cohort >= 0.5), and our AUROC equals scipy's Mann-Whitney U / (n1 n0) on each cohort."""
+    from scipy.stats import mannwhitneyu
+
+    aucs = []
+    for name in sorted(set(prepared.cohorts)):
+        m = (prepared.cohorts == name) & (prepared.labels >= 0)
+        y, s = prepared.labels[m].to_numpy(), score_signature(prepared.expression[m], "CD8A")
+        s = np.asarray(s, dtype=float)
+        u = mannwhitneyu(s[y == 1], s[y == 0]).statistic
+        a = auroc(y, s)
+        assert a == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()))
+        aucs.append(a)
+    assert min(aucs) >= 0.5 and np.mean(aucs) > 0.6, aucs
 
 
 @pytest.mark.slow  # ~10-35 s on 2 busy cores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import numpy as np
 import pytest
 import tifffile
 
-REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "images"
+REALDATA = (
+    Path(
+        os.environ.get(
+            "IMMUNOPLEX_REALDATA", Path(__file__).resolve().parents[3] / "shared" / "realdata"
+        )
+    )
+    / "images"
+)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -79,5 +87,5 @@ def make_ome(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def realdata() -> Path:
     if not REALDATA.is_dir():
-        pytest.skip(f"real data folder {REALDATA} is absent")
+        pytest.skip(f"real third-party images not found at {REALDATA} (set IMMUNOPLEX_REALDATA)")
     return REALDATA

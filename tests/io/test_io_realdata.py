@@ -18,7 +18,9 @@ MIBI = "mibitiff/fov8_RowNumber0_Depth_Profile0-MassCorrected-Filtered.tiff"
 
 
 def test_ome_csm(realdata: Path) -> None:
-    for p in sorted((realdata / "csm_multiplex_if").glob("*.ome.tif")):
+    files = sorted((realdata / "csm_multiplex_if").glob("*.ome.tif"))
+    assert len(files) == 2, f"expected the two CSM crops, found {files}"
+    for p in files:
         with open_slide(p) as s:
             assert s.format == "ome-tiff"
             assert s.channels == ["DAPI", "PDL1", "GZMB", "PD1", "CK-EPCAM", "CD8a", "FOXP3"]
