@@ -1,0 +1,1 @@
+"""Thin console entry points (``immunoplex-*`` in pyproject.toml): parse, call one stage's run."""
