@@ -236,4 +236,4 @@ def test_atomic_save_killed_mid_write_keeps_previous(tmp_path: Path) -> None:
     assert rc == -9
     assert torch.load(target, weights_only=True)["v"].sum() == 3
     assert os.listdir(tmp_path) != ["model.ckpt"]  # the temp file is left, under a dot name
-    assert all(n == "model.ckpt" or n.startswith(".model.ckpt.") for n in os.listdir(tmp_path))
+    assert all(n == "model.ckpt" or n.startswith(".model.") for n in os.listdir(tmp_path))

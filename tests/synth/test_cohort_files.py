@@ -17,7 +17,7 @@ def test_files_exist_and_no_leftovers(synth_tiny):
     slides = sorted((out / "slides").glob("*.ome.tif"))
     assert len(slides) == summary.n_slides
     assert len(list((out / "signal").glob("*.npy"))) == summary.n_slides
-    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == ".hydra"]
+    leftovers = [p for p in out.rglob("*") if ".tmp" in p.name or p.name == ".hydra"]
     assert leftovers == []
 
 

@@ -53,10 +53,22 @@ def test_rerun_reuses_complete_slides_and_repairs_broken_ones(tmp_path):
     # a truncated slide (e.g. copied in half) and a leftover temp file from a killed run
     blob = slides[0].read_bytes()
     slides[0].write_bytes(blob[: len(blob) // 2])
-    (out / "slides" / f".{slides[1].name}.999.tmp").write_bytes(b"partial")
+    # (the names utils.atomic gives, and the older ``.<name>.<pid>.tmp`` ones)
+    stem = slides[1].name.removesuffix(".ome.tif")
+    leftovers = [
+        out / "slides" / f".{stem}.k2j_x9q1.tmp.ome.tif",
+        out / "signal" / f".{stem}.a1b2c3d4.tmp.npy",
+        out / "slides" / f".{slides[1].name}.999.tmp",
+    ]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    unrelated = out / "slides" / ".notes.tmp"
+    unrelated.write_bytes(b"keep")
     fixed = generate_cohort(out, size="tiny", seed=3, workers=1, progress=False, **SMALL)
     assert fixed.n_rendered == 1
-    assert not list((out / "slides").glob("*.tmp"))
+    assert not any(p.exists() for p in leftovers)
+    assert unrelated.exists()  # not a name this generator writes
+    unrelated.unlink()
     assert _tables(out) == tables
 
     # other settings -> the slides are stale and are all rendered again

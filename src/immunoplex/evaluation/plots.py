@@ -21,6 +21,7 @@ from immunoplex.evaluation.metrics import (
     net_benefit_treat_all,
     reliability_bins,
 )
+from immunoplex.utils.atomic import atomic_path
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 DPI = 120
@@ -33,8 +34,8 @@ def _figure(width: float = 5.2, height: float = 4.6) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from immunoplex.evaluation.metrics import METRIC_LABELS
+from immunoplex.utils.atomic import write_text
 
 
 @dataclass
@@ -294,5 +295,5 @@ def write_reports(result: dict[str, Any], out_dir: Path, image_dir: str = "plots
     """Write ``report.md`` and the self-contained ``report.html`` into ``out_dir``."""
     out_dir = Path(out_dir)
     blocks = build_blocks(result)
-    (out_dir / "report.md").write_text(render_markdown(blocks, image_dir), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(blocks, out_dir / image_dir), encoding="utf-8")
+    write_text(out_dir / "report.md", render_markdown(blocks, image_dir))
+    write_text(out_dir / "report.html", render_html(blocks, out_dir / image_dir))

@@ -46,6 +46,7 @@ from immunoplex.evaluation.plots import (
     plot_pr,
     plot_roc,
 )
+from immunoplex.utils.atomic import write_csv, write_text
 
 
 def _est_dict(est: dict[str, Estimate]) -> dict[str, dict[str, float | None]]:
@@ -205,14 +206,15 @@ def evaluate_predictions(
     if both and n_pos >= 2 and n_neg >= 2:
         result["overall"]["auroc_delong"] = delong_auc_ci(y, p, level)
     result["confusion_matrix"] = _confusion(y, p, threshold)
-    pd.DataFrame(
+    confusion = pd.DataFrame(
         [
             [result["confusion_matrix"]["tn"], result["confusion_matrix"]["fp"]],
             [result["confusion_matrix"]["fn"], result["confusion_matrix"]["tp"]],
         ],
         index=["true non-responder", "true responder"],
         columns=["predicted non-responder", "predicted responder"],
-    ).to_csv(out / "confusion_matrix.csv")
+    )
+    write_csv(out / "confusion_matrix.csv", confusion, index=True)
 
     # calibration before / after
     cal_series = {name: p}
@@ -272,7 +274,7 @@ def evaluate_predictions(
 
     result = _clean(result)
     _write_tables(result, out)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     from immunoplex.evaluation.report import write_reports
 
     write_reports(result, out)
@@ -386,4 +388,4 @@ def _write_tables(result: dict[str, Any], out: Path) -> None:
     for gcol, groups in result.get("groups", {}).items():
         for g, block in groups.items():
             add(gcol, g, block)
-    pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
+    write_csv(out / "metrics.csv", pd.DataFrame(rows))

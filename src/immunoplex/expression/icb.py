@@ -26,6 +26,7 @@ import pandas as pd
 from immunoplex.errors import ExpressionError, ManifestError
 from immunoplex.expression.genes import intersect_genes
 from immunoplex.expression.io import read_expression
+from immunoplex.utils.atomic import write_csv, write_text
 
 ASSAY_SUFFIX = "__assay_gene_expression.csv.gz"
 COLDATA_SUFFIX = "__coldata.csv"
@@ -156,9 +157,10 @@ def write_prepared(prepared: PreparedICB, out_dir: str | Path) -> dict[str, Path
         "expression": out / "expression.csv",
         "report": out / "genes_report.json",
     }
-    prepared.manifest.to_csv(paths["manifest"], index=False)
-    prepared.expression.rename_axis("patient_id").to_csv(paths["expression"], float_format="%.7g")
-    paths["report"].write_text(json.dumps(prepared.report, indent=1))
+    write_csv(paths["manifest"], prepared.manifest)
+    expression = prepared.expression.rename_axis("patient_id")
+    write_csv(paths["expression"], expression, index=True, float_format="%.7g")
+    write_text(paths["report"], json.dumps(prepared.report, indent=1))
     return paths
 
 

@@ -140,19 +140,25 @@ def _run_jobs(jobs: list[SlideJob], workers: int, progress: bool) -> list[dict[s
     return results  # type: ignore[return-value]
 
 
-_OWN_FILE = re.compile(r"^\.?(?P<id>S\d{4,})\.(ome\.tif|npy|json)(\.\d+\.tmp)?$")
+# ``S0001.ome.tif``; a temporary sibling from ``utils.atomic.atomic_path``
+# (``.S0001.<random>.tmp.ome.tif``); or one from before it (``.S0001.ome.tif.<pid>.tmp``).
+_OWN_FILE = re.compile(
+    r"^(?:(?P<id>S\d{4,})\.(?:ome\.tif|npy|json)"
+    r"|(?P<tmp>\.(?P<tid>S\d{4,})\.(?:[A-Za-z0-9_]+\.tmp\.(?:ome\.tif|npy|json)"
+    r"|(?:ome\.tif|npy|json)\.\d+\.tmp)))$"
+)
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:
     """Delete leftovers: temporary files of interrupted runs and slides of an earlier, larger run.
 
-    Only names this generator writes (``S0001.ome.tif``, ``S0001.npy``, ``S0001.json``) are
-    touched.
+    Only names this generator writes (``S0001.ome.tif``, ``S0001.npy``, ``S0001.json``) and their
+    temporary siblings are touched.
     """
     for sub in ("slides", "signal"):
         for p in (out / sub).iterdir():
             m = _OWN_FILE.match(p.name)
-            if m and (p.name.endswith(".tmp") or m.group("id") not in keep):
+            if m and (m.group("tmp") or m.group("id") not in keep):
                 p.unlink(missing_ok=True)
 
 

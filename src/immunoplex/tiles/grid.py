@@ -22,6 +22,7 @@ from immunoplex.tiles.resample import (
     to_dtype,
 )
 from immunoplex.tiles.tissue import slide_tissue
+from immunoplex.utils.atomic import atomic_path
 
 
 # ---------------------------------------------------------------------- grid
@@ -223,9 +224,8 @@ def save_grid(
         }
     )
     table = table.replace_schema_metadata({"immunoplex": json.dumps(meta)})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

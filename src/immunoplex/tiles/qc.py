@@ -12,6 +12,7 @@ from immunoplex.io.base import Slide
 from immunoplex.tiles.params import TileGrid
 from immunoplex.tiles.resample import read_downsampled, shape_at
 from immunoplex.tiles.tissue import resolve_channels
+from immunoplex.utils.atomic import atomic_path
 
 # ---------------------------------------------------------------------- QC thumbnail
 QC_COLOURS = {
@@ -163,6 +164,9 @@ def render_qc(
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, facecolor=fig.get_facecolor())
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, facecolor=fig.get_facecolor())
+    finally:
+        plt.close(fig)
     return path

@@ -4,41 +4,32 @@ Lightning (2.6) writes a checkpoint to a file from ``tempfile.mkstemp()`` (the s
 folder) and ``shutil.move``s it to the target. When that folder is on another file system than
 the run directory (node-local /tmp, run directory on NFS/Lustre) the move is a *copy*, so a kill
 during it leaves a truncated ``last.ckpt`` that a resume would trust. ``AtomicModelCheckpoint``
-writes to a temporary sibling of the target and ``os.replace``s it, which is atomic on POSIX.
+writes to a temporary sibling of the target (:func:`immunoplex.utils.atomic.atomic_path`) and
+renames it, which is atomic on POSIX.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from immunoplex.utils.atomic import atomic_path, fsync_file
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that saves to ``.<name>.<pid>.tmp`` next to the target, then renames."""
+    """``ModelCheckpoint`` that saves to a unique temporary sibling of the target, then renames.
+
+    Only global rank zero writes (and renames); the other ranks take part in the save call."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        target = Path(filepath)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            trainer.save_checkpoint(str(tmp), self.save_weights_only)
-            if trainer.is_global_zero and tmp.exists():
-                _fsync_file(str(tmp))
-                os.replace(tmp, target)
-        finally:
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)
+        if trainer.is_global_zero:
+            with atomic_path(filepath) as tmp:
+                trainer.save_checkpoint(str(tmp), self.save_weights_only)
+                fsync_file(tmp)
+        else:
+            trainer.save_checkpoint(filepath, self.save_weights_only)
         trainer.strategy.barrier()
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

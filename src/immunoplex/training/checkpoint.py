@@ -9,9 +9,7 @@ code from the file: ``torch.load(weights_only=True)`` and models are rebuilt onl
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from immunoplex.errors import CheckpointError
+from immunoplex.utils.atomic import atomic_path, fsync_file
 
 SCHEMA_VERSION = 1
 ALLOWED_TARGET_PREFIXES = ("immunoplex.",)
@@ -67,20 +66,11 @@ def build_model(model_cfg: Mapping[str, Any], dims: Mapping[str, Any]) -> torch.
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename over the target."""
+    """torch.save to a temporary sibling (:func:`atomic_path`), then rename over the target."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared checkpoints unreadable
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fsync_file(tmp)
     return path
 
 

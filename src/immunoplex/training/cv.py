@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from immunoplex.data.cohort import load_cohort
 from immunoplex.data.splits import n_folds_for
+from immunoplex.utils.atomic import write_csv, write_text
 
 SUMMARY_METRICS = ("test_auroc", "test_bayes_auroc", "val_auroc", "temperature")
 
@@ -48,15 +49,16 @@ def summarise_folds(results: list[dict[str, Any]], out_dir: Path) -> pd.DataFram
     numeric = table.select_dtypes("number").drop(columns=["fold"])
     mean = numeric.mean()
     sd = numeric.std(ddof=1) if len(table) > 1 else numeric.mean() * math.nan
-    table.to_csv(out_dir / "cv_summary.csv", index=False)
+    write_csv(out_dir / "cv_summary.csv", table)
     lines = ["| metric | " + " | ".join(f"fold {r}" for r in table["fold"]) + " | mean ± sd |"]
     lines.append("|" + "---|" * (len(table) + 2))
     for col in numeric.columns:
         vals = " | ".join("n/a" if pd.isna(v) else f"{v:.3f}" for v in table[col])
         lines.append(f"| {col} | {vals} | {mean[col]:.3f} ± {sd[col]:.3f} |")
-    (out_dir / "cv_summary.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "cv_summary.json").write_text(
-        json.dumps({"folds": rows, "mean": mean.to_dict(), "sd": sd.to_dict()}, default=str)
+    write_text(out_dir / "cv_summary.md", "\n".join(lines) + "\n")
+    write_text(
+        out_dir / "cv_summary.json",
+        json.dumps({"folds": rows, "mean": mean.to_dict(), "sd": sd.to_dict()}, default=str),
     )
     return table
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from immunoplex.data.transforms import tile_normaliser
 from immunoplex.errors import CheckpointError, ConfigError
 from immunoplex.tiles.intensity import IntensityNorm
 from immunoplex.training.checkpoint import build_model, load_checkpoint
+from immunoplex.utils.atomic import save_npy, write_text
 
 EMBED_VERSION = 1
 
@@ -114,19 +113,8 @@ class EmbeddingCache:
 
     def save(self, key: str, emb: np.ndarray, provenance: Mapping[str, Any]) -> None:
         root = Path(self.root)
-        root.mkdir(parents=True, exist_ok=True)
-        for suffix, writer in (
-            (".npy", lambda f: np.save(f, emb)),
-            (".json", lambda f: f.write(json.dumps(provenance).encode())),
-        ):
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}", suffix=".tmp", dir=root)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    writer(f)
-                os.replace(tmp, root / f"{key}{suffix}")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        save_npy(root / f"{key}.npy", np.asarray(emb))
+        write_text(root / f"{key}.json", json.dumps(provenance))  # last: marks the entry complete
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from immunoplex.evaluation.metrics import auroc_score
 from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
 from immunoplex.training.module import ResponseModule
+from immunoplex.utils.atomic import atomic_path, fsync_file, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ def finalize(
         ckpt["immunoplex"]["calibration"] = calib.to_dict()
         atomic_save(ckpt, best)
     final_ckpt = out_dir / "model.ckpt"
-    shutil.copyfile(best, final_ckpt.with_suffix(".tmp"))
-    final_ckpt.with_suffix(".tmp").replace(final_ckpt)
+    with atomic_path(final_ckpt) as tmp:
+        shutil.copyfile(best, tmp)
+        fsync_file(tmp)
     summary: dict[str, Any] = {
         "run_dir": str(out_dir),
         "checkpoint": str(final_ckpt),
@@ -142,15 +144,14 @@ def finalize(
             df[prob_col] >= float(cfg.module.threshold), "responder", "non-responder"
         )
         path = out_dir / f"predictions_{stage}.csv"
-        df.to_csv(path.with_suffix(".tmp"), index=False)
-        path.with_suffix(".tmp").replace(path)
+        write_csv(path, df)
         summary[f"{stage}_auroc"] = _auroc(df["label"].to_numpy(), df["probability"].to_numpy())
         truth = cfg.data.get("truth")
         if truth:
             summary[f"{stage}_bayes_auroc"] = bayes_optimal_auroc(Path(truth), df)
     if calib is not None:
         summary["temperature"] = calib.temperature
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -188,5 +189,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary["metrics"] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
