@@ -1,0 +1,270 @@
+"""Cell phenotypes from a YAML rule table over per-marker positivity.
+
+Positivity: intensities are transformed as ``asinh(x / cofactor)``; a marker is positive above a
+threshold that is a user gate (``gates``, in transformed units) or else Otsu's threshold of that
+marker over the cells of the slide (``scope: slide``) or of all slides given (``scope: cohort``).
+
+Rules are matched by marker alias. Rules without a ``parent`` are tried in order and the first
+that matches gives the cell its lineage; then the children of that rule are tried the same way,
+and so on, so ``phenotype`` is the deepest matching rule. Cells no rule matches are ``other``. A
+rule whose positive marker the slide lacks cannot match (it is listed in ``uns``); a rule naming
+a marker the alias table does not know is a one-line :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from immunoplex.cells.quantify import CellTable
+from immunoplex.errors import ConfigError
+from immunoplex.io.panel import canonical_marker, default_aliases, marker_key, merge_aliases
+
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    parent: str | None = None
+    colour: tuple[int, int, int] = (160, 160, 160)
+    label: str = ""
+
+
+@dataclass
+class PhenotypeScheme:
+    """The rule table with its positivity settings (``configs/cells/phenotypes/*.yaml``)."""
+
+    rules: list[Rule]
+    cofactor: float = 5.0
+    scope: str = "slide"
+    gates: dict[str, float] = field(default_factory=dict)
+    nuclear_markers: tuple[str, ...] = ()
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+    min_separation: float = 0.5  # asinh units between the Otsu classes' means
+    source: str = "phenotype rules"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "phenotype rules") -> PhenotypeScheme:
+        d = dict(d)
+        known = {"rules", "cofactor", "scope", "gates", "nuclear_markers", "aliases",
+                 "min_separation"}  # fmt: skip
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed {sorted(known)}")
+        rules = []
+        for i, r in enumerate(d.get("rules") or []):
+            r = dict(r)
+            bad = sorted(set(r) - {"name", "positive", "negative", "parent", "colour", "label"})
+            if bad or "name" not in r:
+                raise ConfigError(f"{source}: rule {i + 1}: needs 'name', unknown key(s) {bad}")
+            rules.append(
+                Rule(
+                    name=str(r["name"]),
+                    positive=tuple(str(m) for m in r.get("positive") or ()),
+                    negative=tuple(str(m) for m in r.get("negative") or ()),
+                    parent=None if r.get("parent") is None else str(r["parent"]),
+                    colour=tuple(int(v) for v in r.get("colour") or (160, 160, 160)),  # type: ignore[arg-type]
+                    label=str(r.get("label") or r["name"]),
+                )
+            )
+        scheme = cls(
+            rules=rules,
+            cofactor=float(d.get("cofactor", 5.0)),
+            scope=str(d.get("scope", "slide")),
+            gates={str(k): float(v) for k, v in dict(d.get("gates") or {}).items()},
+            nuclear_markers=tuple(str(m) for m in d.get("nuclear_markers") or ()),
+            aliases={
+                str(k): [str(x) for x in v or []] for k, v in dict(d.get("aliases") or {}).items()
+            },
+            min_separation=float(d.get("min_separation", 0.5)),
+            source=source,
+        )
+        scheme.validate()
+        return scheme
+
+    @classmethod
+    def load(cls, path: str | Path) -> PhenotypeScheme:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: phenotype rule file not found")
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(yaml.safe_load(fh) or {}, source=str(path))
+
+    @property
+    def table(self) -> dict[str, list[str]]:
+        return merge_aliases(default_aliases(), self.aliases)
+
+    def canonical(self, marker: str) -> str:
+        return canonical_marker(marker, self.table)
+
+    def validate(self) -> None:
+        if not self.rules:
+            raise ConfigError(f"{self.source}: no rules")
+        if self.scope not in ("slide", "cohort"):
+            raise ConfigError(
+                f"{self.source}: scope must be 'slide' or 'cohort', not {self.scope!r}"
+            )
+        if not self.cofactor > 0:
+            raise ConfigError(f"{self.source}: cofactor must be > 0")
+        known = {marker_key(n) for k, v in self.table.items() for n in [k, *v]}
+        names = [r.name for r in self.rules]
+        for r in self.rules:
+            if names.count(r.name) > 1 or r.name == OTHER:
+                raise ConfigError(f"{self.source}: rule name {r.name!r} is repeated or reserved")
+            if r.parent is not None and r.parent not in names:
+                raise ConfigError(f"{self.source}: rule {r.name!r}: unknown parent {r.parent!r}")
+            if not r.positive and not r.negative:
+                raise ConfigError(f"{self.source}: rule {r.name!r} names no marker")
+            for m in (*r.positive, *r.negative):
+                if marker_key(m) not in known:
+                    raise ConfigError(
+                        f"{self.source}: rule {r.name!r}: unknown marker {m!r} "
+                        "(add it to the panel aliases)"
+                    )
+        for m in self.gates:
+            if marker_key(m) not in known:
+                raise ConfigError(f"{self.source}: gate for unknown marker {m!r}")
+
+    def markers(self) -> list[str]:
+        """Canonical markers the rules use, in first-use order."""
+        out: list[str] = []
+        for r in self.rules:
+            for m in (*r.positive, *r.negative):
+                c = self.canonical(m)
+                if c not in out:
+                    out.append(c)
+        return out
+
+    def colours(self) -> dict[str, tuple[int, int, int]]:
+        return {**{r.name: r.colour for r in self.rules}, OTHER: (128, 128, 128)}
+
+    def children(self, parent: str | None) -> list[Rule]:
+        return [r for r in self.rules if r.parent == parent]
+
+
+def transformed(table: CellTable, scheme: PhenotypeScheme, marker: str) -> np.ndarray | None:
+    """``asinh(x / cofactor)`` of a marker's per-cell mean (nuclear for ``nuclear_markers``)."""
+    canon = {scheme.canonical(m): k for k, m in enumerate(table.markers)}
+    k = canon.get(scheme.canonical(marker))
+    if k is None:
+        return None
+    use_nuc = scheme.canonical(marker) in {scheme.canonical(m) for m in scheme.nuclear_markers}
+    x = (table.nuclear if use_nuc else table.X)[:, k].astype(np.float64)
+    return np.arcsinh(np.nan_to_num(x, nan=0.0) / scheme.cofactor)
+
+
+def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict[str, float]:
+    """Per-marker thresholds (transformed units): gates, else Otsu over the pooled cells."""
+    from skimage.filters import threshold_otsu
+
+    gates = {scheme.canonical(m): v for m, v in scheme.gates.items()}
+    out: dict[str, float] = {}
+    for m in scheme.markers():
+        if m in gates:
+            out[m] = float(gates[m])
+            continue
+        vals = [v for t in tables if (v := transformed(t, scheme, m)) is not None]
+        pooled = np.concatenate(vals) if vals else np.empty(0)
+        if pooled.size >= 2 and np.ptp(pooled) > 0:
+            t = float(threshold_otsu(pooled))
+            gap = pooled[pooled > t].mean() - pooled[pooled <= t].mean()
+            # one population (a marker nobody expresses): no split, nobody positive
+            out[m] = t if gap >= scheme.min_separation else float(pooled.max())
+    return out
+
+
+def assign_phenotypes(
+    table: CellTable, scheme: PhenotypeScheme, thresholds: Mapping[str, float] | None = None
+) -> CellTable:
+    """Add ``obs["lineage"]``, ``obs["phenotype"]`` and ``obs["<marker>_pos"]`` in place;
+    thresholds default to this slide's (:func:`fit_thresholds` on it alone)."""
+    import pandas as pd
+
+    thr = dict(thresholds) if thresholds is not None else fit_thresholds([table], scheme)
+    n = len(table)
+    pos: dict[str, np.ndarray] = {}
+    for m in scheme.markers():
+        v = transformed(table, scheme, m)
+        if v is not None and m in thr:
+            pos[m] = v > thr[m]
+    disabled = []
+
+    def matches(rule: Rule) -> np.ndarray | None:
+        ok = np.ones(n, bool)
+        for m in rule.positive:
+            p = pos.get(scheme.canonical(m))
+            if p is None:
+                return None
+            ok &= p
+        for m in rule.negative:
+            p = pos.get(scheme.canonical(m))
+            if p is not None:
+                ok &= ~p
+        return ok
+
+    masks = {}
+    for r in scheme.rules:
+        mk = matches(r)
+        if mk is None:
+            disabled.append(r.name)
+        masks[r.name] = mk
+    lineage = np.full(n, OTHER, dtype=object)
+    phen = np.full(n, OTHER, dtype=object)
+
+    def descend(parent: str | None, sel: np.ndarray, out: np.ndarray) -> None:
+        free = sel.copy()
+        for r in scheme.children(parent):
+            mk = masks[r.name]
+            if mk is None:
+                continue
+            hit = free & mk
+            out[hit] = r.name
+            phen[hit] = r.name
+            free &= ~hit
+            descend(r.name, hit, out)
+
+    descend(None, np.ones(n, bool), lineage)
+    for r in scheme.rules:  # lineage = the top-level ancestor
+        top = r
+        while top.parent is not None:
+            top = next(x for x in scheme.rules if x.name == top.parent)
+        lineage[phen == r.name] = top.name
+    cats = [r.name for r in scheme.rules] + [OTHER]
+    table.obs["lineage"] = pd.Categorical(lineage, categories=cats)
+    table.obs["phenotype"] = pd.Categorical(phen, categories=cats)
+    for m, p in pos.items():
+        table.obs[f"{m}_pos"] = p
+    table.uns["phenotype"] = {
+        "thresholds": thr,
+        "cofactor": scheme.cofactor,
+        "scope": scheme.scope,
+        "gated": sorted(scheme.canonical(m) for m in scheme.gates),
+        "disabled_rules": disabled,
+        "rules": [
+            {
+                "name": r.name,
+                "positive": list(r.positive),
+                "negative": list(r.negative),
+                "parent": r.parent,
+            }
+            for r in scheme.rules
+        ],  # fmt: skip
+    }
+    return table
+
+
+def ancestors(scheme: PhenotypeScheme, name: str) -> list[str]:
+    """``name`` and its parents up to the top-level rule."""
+    out = [name]
+    by = {r.name: r for r in scheme.rules}
+    while by[out[-1]].parent is not None:
+        out.append(str(by[out[-1]].parent))
+    return out
