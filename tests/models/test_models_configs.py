@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from immunoplex.models import ResponseModel
+from immunoplex.paths import config_dir
+from immunoplex.training.checkpoint import build_model
 
 from .model_inputs import make_batch
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = config_dir() / "model"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 REQUIRED = {
     "multimodal", "image_only", "expression_only", "panel_agnostic", "bilinear", "cross_attention",
@@ -33,11 +35,19 @@ def _targets(node: Any) -> list[str]:
     return []
 
 
+def composed(name: str) -> dict[str, Any]:
+    """``cfg.model`` of ``train`` with ``model=name`` (model configs compose from groups)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}"])
+    out = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
 def build(path: Path, dims: dict[str, Any]) -> ResponseModel:
-    cfg = OmegaConf.load(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gene sets partly absent from the toy gene list
-        model = instantiate(cfg, **dims)
+        model = build_model(composed(path.stem), dims)
     assert isinstance(model, ResponseModel)
     return model
 
@@ -55,7 +65,7 @@ PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for 
 @pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in CONFIGS])
 def test_config_forward_backward(path: Path, dims: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg = composed(path.stem)
     assert all(t.startswith("immunoplex.") for t in _targets(cfg)), _targets(cfg)
     model = build(path, dims)
     assert model.name == path.stem

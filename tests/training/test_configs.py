@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,6 +13,9 @@ from omegaconf import OmegaConf
 from immunoplex.paths import config_dir
 
 CONFIGS = config_dir()
+# cfg.model of `train model=NAME` for every model config, written from the configs before they
+# were rebuilt from the model/{encoder,aggregator,expression_encoder,fusion} groups.
+MODEL_SNAPSHOT = Path(__file__).parent / "data" / "model_configs.json"
 GROUPS = [
     "data",
     "model",
@@ -70,3 +75,42 @@ def test_other_entry_configs_compose(name: str) -> None:
 def test_run_dirs_never_collide() -> None:
     text = (CONFIGS / "hydra" / "default.yaml").read_text()
     assert "${now:%Y-%m-%d_%H-%M-%S}" in text and "SLURM_JOB_ID" in text
+
+
+def _compose(name: str, overrides: list[str]) -> Any:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _model(overrides: list[str]) -> dict[str, Any]:
+    out = OmegaConf.to_container(_compose("train", overrides).model, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+SNAPSHOT: dict[str, Any] = json.loads(MODEL_SNAPSHOT.read_text())
+
+
+def test_snapshot_covers_every_model_config() -> None:
+    assert sorted(SNAPSHOT) == _options("model") and len(SNAPSHOT) == 14
+
+
+@pytest.mark.parametrize("name", sorted(SNAPSHOT))
+def test_model_config_composes_to_snapshot(name: str) -> None:
+    """Composed from groups, each model config is exactly what it was as a flat file (checkpoints
+    and their `_target_` strings depend on it)."""
+    assert _model([f"model={name}"]) == SNAPSHOT[name]
+
+
+def test_model_components_override_on_the_command_line() -> None:
+    m = _model(["model/encoder=resnet18", "model/fusion=bilinear"])
+    assert m["name"] == "multimodal"
+    assert m["encoder"] == SNAPSHOT["resnet18"]["encoder"]
+    assert m["fusion"] == SNAPSHOT["bilinear"]["fusion"]
+    assert m["aggregator"] == SNAPSHOT["multimodal"]["aggregator"]
+    m = _model(["model=bilinear", "model/fusion=concat_gated", "model/aggregator=transformer"])
+    assert m["name"] == "bilinear"
+    assert m["fusion"] == SNAPSHOT["multimodal"]["fusion"]
+    assert m["aggregator"] == SNAPSHOT["transformer_mil"]["aggregator"]
+    m = _model(["model=snn_expression", "model/expression_encoder=mlp"])
+    assert m["expression_encoder"] == SNAPSHOT["multimodal"]["expression_encoder"]
