@@ -161,10 +161,22 @@ def transformed(table: CellTable, scheme: PhenotypeScheme, marker: str) -> np.nd
     return np.arcsinh(np.nan_to_num(x, nan=0.0) / scheme.cofactor)
 
 
+def otsu_threshold(values: np.ndarray) -> tuple[float, float]:
+    """Otsu's split of a 1-D sample computed on the sorted values (no histogram), placed in the
+    middle of the gap between the two classes; returns (threshold, gap between class means)."""
+    v = np.sort(np.asarray(values, np.float64))
+    n = len(v)
+    c = np.cumsum(v)[:-1]
+    k = np.arange(1, n)
+    mu0, mu1 = c / k, (v.sum() - c) / (n - k)
+    between = k * (n - k) * (mu0 - mu1) ** 2
+    between[v[1:] == v[:-1]] = -1  # only split between distinct values
+    i = int(np.argmax(between))
+    return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i])
+
+
 def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict[str, float]:
     """Per-marker thresholds (transformed units): gates, else Otsu over the pooled cells."""
-    from skimage.filters import threshold_otsu
-
     gates = {scheme.canonical(m): v for m, v in scheme.gates.items()}
     out: dict[str, float] = {}
     for m in scheme.markers():
@@ -174,8 +186,7 @@ def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict
         vals = [v for t in tables if (v := transformed(t, scheme, m)) is not None]
         pooled = np.concatenate(vals) if vals else np.empty(0)
         if pooled.size >= 2 and np.ptp(pooled) > 0:
-            t = float(threshold_otsu(pooled))
-            gap = pooled[pooled > t].mean() - pooled[pooled <= t].mean()
+            t, gap = otsu_threshold(pooled)
             # one population (a marker nobody expresses): no split, nobody positive
             out[m] = t if gap >= scheme.min_separation else float(pooled.max())
     return out
