@@ -93,3 +93,32 @@ def test_manifest_errors(tmp_path: Path) -> None:
     m.write_text("id,image\na,x.tif\n")
     with pytest.raises(ManifestError, match=r"missing column\(s\) \['slide_id'\]"):
         tile_cohort({"manifest": str(m), "out_dir": str(tmp_path / "o"), "tiling": {}})
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".parquet"])
+def test_tile_cohort_reads_tsv_and_parquet_manifests(tmp_path: Path, suffix: str) -> None:
+    """The README promises CSV, TSV and Parquet manifests; immunoplex-tile reads all three."""
+    df = pd.read_csv(_cohort(tmp_path)).iloc[[0, 2, 4]]  # s0, nompp (no mpp), override (mpp)
+    manifest = tmp_path / "cohort" / f"manifest{suffix}"
+    if suffix == ".parquet":
+        df.to_parquet(manifest, index=False)  # the empty mpp is a Parquet null
+    else:
+        df.to_csv(manifest, sep="\t", index=False)
+    cfg = {
+        "manifest": str(manifest),
+        "out_dir": str(tmp_path / "o"),
+        "tiling": {"tile_size": 16},
+        "workers": 1,
+        "progress": False,
+    }
+    summary = tile_cohort(cfg)
+    assert sorted(r["slide_id"] for r in summary.done) == ["override", "s0"]
+    assert [r["slide_id"] for r in summary.skipped] == ["nompp"]
+
+
+def test_corrupt_parquet_manifest_is_one_line(tmp_path: Path) -> None:
+    m = tmp_path / "m.parquet"
+    m.write_bytes(b"PAR1 garbage")
+    with pytest.raises(ManifestError) as err:
+        tile_cohort({"manifest": str(m), "out_dir": str(tmp_path / "o"), "tiling": {}})
+    assert str(err.value).startswith(f"{m}: cannot read manifest (")

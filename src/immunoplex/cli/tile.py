@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from immunoplex.errors import ImmunoplexError, ManifestError
 from immunoplex.paths import config_dir
+from immunoplex.utils.atomic import write_csv
+from immunoplex.utils.tables import MISSING_TEXT, read_table
 
 
 @dataclass
@@ -33,28 +35,28 @@ class TileRunSummary:
 
 
 def read_manifest(path: str | Path, default_mpp: float | None = None) -> list[dict[str, Any]]:
-    """Rows (slide_id, image path resolved against the manifest, mpp or None)."""
+    """Rows (slide_id, image path resolved against the manifest, mpp or None) of a CSV, TSV or
+    Parquet manifest."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise ManifestError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    df = read_table(path, "manifest")
     missing = [c for c in ("slide_id", "image") if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
     if df.empty:
         raise ManifestError(f"{path}: manifest has no rows (empty cohort)")
-    dup = df["slide_id"][df["slide_id"].duplicated()].astype(str).unique().tolist()
+    df["slide_id"] = df["slide_id"].str.strip()
+    dup = df["slide_id"][df["slide_id"].duplicated()].unique().tolist()
     if dup:
         raise ManifestError(f"{path}: duplicated slide_id(s) {dup[:5]}")
     rows = []
     for i, r in df.iterrows():
-        if pd.isna(r["image"]) or pd.isna(r["slide_id"]):
+        if not r["image"].strip() or not r["slide_id"]:
             raise ManifestError(f"{path}: row {i + 2} has an empty slide_id or image")
-        mpp = r.get("mpp") if "mpp" in df.columns else None
-        mpp = float(mpp) if mpp is not None and not pd.isna(mpp) else default_mpp
+        text = r["mpp"].strip() if "mpp" in df.columns else ""
+        try:
+            mpp = default_mpp if text.lower() in MISSING_TEXT else float(text)
+        except ValueError:
+            raise ManifestError(f"{path}: row {i + 2} has mpp {text!r} (not a number)") from None
         if mpp is not None and not mpp > 0:
             raise ManifestError(f"{path}: row {i + 2} has mpp {mpp} (must be > 0)")
         rows.append(
@@ -175,13 +177,11 @@ def tile_cohort(cfg: DictConfig | dict[str, Any]) -> TileRunSummary:
         table = out / "tiles.csv"
         new = pd.DataFrame(summary.done).drop(columns=["status"])
         if table.is_file() and not c.get("overwrite", False):
-            old = pd.read_csv(table)
-            new = pd.concat([old[~old["slide_id"].astype(str).isin(new["slide_id"])], new])
-        new.to_csv(table, index=False)
+            old = read_table(table, "tile table")
+            new = pd.concat([old[~old["slide_id"].isin(new["slide_id"].astype(str))], new])
+        write_csv(table, new)
     skipped_csv = out / "skipped.csv"
-    pd.DataFrame(summary.skipped, columns=["slide_id", "image", "reason"]).to_csv(
-        skipped_csv, index=False
-    )
+    write_csv(skipped_csv, pd.DataFrame(summary.skipped, columns=["slide_id", "image", "reason"]))
     print(
         f"tiled {len(summary.done)} slide(s), {summary.already} already done, "
         f"{len(summary.skipped)} skipped" + (f" (see {skipped_csv})" if summary.skipped else ""),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from immunoplex.errors import ManifestError
+from immunoplex.utils.tables import MISSING_TEXT, read_table
 
 REQUIRED_COLUMNS = ("slide_id", "patient_id", "image")
 POSITIVE_LABELS = {"1", "1.0", "r", "responder", "cr", "pr", "true", "yes"}
@@ -58,20 +59,6 @@ class Cohort:
         return self.patients[self.patients["label"] >= 0]
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
-    try:
-        if path.suffix.lower() in {".tsv", ".txt"}:
-            return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path).astype(str)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ManifestError(f"{path}: cannot parse manifest ({reason})") from err
-
-
 def load_cohort(
     manifest: str | Path,
     clinical_columns: list[str] | None = None,
@@ -79,7 +66,7 @@ def load_cohort(
 ) -> Cohort:
     """Read and validate a manifest; image paths are resolved relative to the manifest."""
     path = Path(manifest).resolve()
-    df = _read_table(path)
+    df = read_table(path, "manifest")
     if df.empty:
         raise ManifestError(f"{path}: manifest has no rows (empty cohort)")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -142,7 +129,7 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path, allow_empty: bool) -
     values = []
     for v, r in zip(df[col], df["row_number"]):
         text = str(v).strip()
-        if text == "" or text.lower() in {"nan", "na"}:
+        if text.lower() in MISSING_TEXT:
             if not allow_empty:
                 raise ManifestError(f"{path}:{r}: {col} is empty")
             values.append(np.nan)

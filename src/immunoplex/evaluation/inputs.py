@@ -17,6 +17,7 @@ import pandas as pd
 
 from immunoplex.errors import ManifestError
 from immunoplex.evaluation.calibration import SET_LABELS
+from immunoplex.utils.tables import read_table
 
 PROB = "probability"
 CAL_PROB = "calibrated_probability"
@@ -41,15 +42,9 @@ def resolve_prob_column(columns: Sequence[str], prob_column: str = "auto") -> st
 
 
 def read_predictions_csv(path: str | Path) -> pd.DataFrame:
-    """Read a predictions CSV with every column as text (validation parses what it needs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: predictions file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ManifestError(f"{path}: cannot be read as CSV ({reason})") from None
+    """Read a predictions table (CSV, TSV or Parquet) with every column as text (validation
+    parses what it needs)."""
+    return read_table(path, "predictions file")
 
 
 def _parse_probability(df: pd.DataFrame, col: str, source: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from immunoplex.errors import ExpressionError, ManifestError
 from immunoplex.expression.genes import intersect_genes
 from immunoplex.expression.io import read_expression
 from immunoplex.utils.atomic import write_csv, write_text
+from immunoplex.utils.tables import read_table
 
 ASSAY_SUFFIX = "__assay_gene_expression.csv.gz"
 COLDATA_SUFFIX = "__coldata.csv"
@@ -88,8 +89,9 @@ def _clean(value: object) -> str:
 
 
 def _cohort_manifest(name: str, coldata: Path, samples: list[str]) -> pd.DataFrame:
-    col = pd.read_csv(coldata, index_col=0, dtype=str, keep_default_na=False)
-    col.index = col.index.astype(str).str.strip()
+    col = read_table(coldata, "sample table")
+    col = col.set_index(col.columns[0])
+    col.index = col.index.str.strip()
     absent = [s for s in samples if s not in col.index]
     if absent:
         raise ManifestError(f"{coldata}: expression sample {absent[0]!r} has no row")
@@ -168,7 +170,7 @@ def read_prepared(out_dir: str | Path) -> PreparedICB:
     """Load a prepared directory back through the project readers."""
     out = Path(out_dir)
     table = read_expression(out / "expression.csv", orientation="samples_x_genes")
-    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = read_table(out / "manifest.csv", "manifest")
     missing = sorted(set(table.samples) - set(manifest["patient_id"]))
     if missing:
         raise ManifestError(f"{out / 'manifest.csv'}: patient {missing[0]!r} not in the manifest")

@@ -20,6 +20,7 @@ import pandas as pd
 from immunoplex.errors import ConfigError, ExpressionError, ManifestError
 from immunoplex.expression.genes import GeneReport, harmonise_genes
 from immunoplex.io.folder import TIFF_SUFFIXES, stem
+from immunoplex.utils.tables import MISSING_TEXT, read_table, table_columns
 
 if TYPE_CHECKING:
     from immunoplex.inference.predictor import Predictor
@@ -138,11 +139,7 @@ def _manifest_inputs(
 ) -> list[PatientInput]:
     from immunoplex.data.cohort import load_cohort
 
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        header = set(pd.read_parquet(path).columns)
-    else:
-        header = set(pd.read_csv(path, nrows=0, sep="\t" if suffix in {".tsv", ".txt"} else ","))
+    header = set(table_columns(path, "manifest"))
     cols = [c for c in clinical_columns if c in header]
     coh = load_cohort(path, cols)
     has_cohort = "cohort" in header
@@ -171,12 +168,10 @@ def _manifest_inputs(
 
 
 def read_clinical_table(path: str | Path, columns: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``patient_id`` + clinical columns (CSV/TSV) -> {patient: {column: value}} (NaN dropped)."""
+    """``patient_id`` + clinical columns (CSV/TSV/Parquet) -> {patient: {column: value}}
+    (empty and NA cells dropped)."""
     p = Path(path)
-    if not p.is_file():
-        raise ManifestError(f"{p}: clinical table not found")
-    sep = "\t" if p.suffix.lower() in {".tsv", ".txt"} else ","
-    df = pd.read_csv(p, sep=sep, dtype={"patient_id": str})
+    df = read_table(p, "clinical table")
     if "patient_id" not in df.columns:
         raise ManifestError(
             f"{p}: clinical table needs a patient_id column; has {list(df.columns)}"
@@ -187,14 +182,14 @@ def read_clinical_table(path: str | Path, columns: Sequence[str]) -> dict[str, d
         for c in columns:
             if c not in df.columns:
                 continue
-            v = getattr(row, c) if c.isidentifier() else row[list(df.columns).index(c)]
-            if pd.isna(v):
+            v = str(getattr(row, c) if c.isidentifier() else row[list(df.columns).index(c)])
+            if v.strip().lower() in MISSING_TEXT:
                 continue
             try:
                 vals[c] = float(v)
             except ValueError:
                 raise ManifestError(f"{p}:{i}: {c} value {v!r} is not a number") from None
-        out[str(row.patient_id)] = vals
+        out[str(row.patient_id).strip()] = vals
     return out
 
 

@@ -23,6 +23,7 @@ from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
 from immunoplex.training.module import ResponseModule
 from immunoplex.utils.atomic import atomic_path, fsync_file, write_csv, write_text
+from immunoplex.utils.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ def bayes_optimal_auroc(truth_csv: Path, predictions: pd.DataFrame) -> float | N
     """AUROC of the generator's true response probability on the same labelled patients."""
     if not truth_csv.is_file():
         return None
-    truth = pd.read_csv(truth_csv, dtype={"patient_id": str}).set_index("patient_id")
+    truth = read_table(truth_csv, "truth table").set_index("patient_id")
     ids = predictions["patient_id"].astype(str)
     if not ids.isin(truth.index).all():
         return None
-    p = truth.loc[ids, "p_response"].to_numpy(dtype=float)
+    p = pd.to_numeric(truth.loc[ids, "p_response"]).to_numpy(dtype=float)
     return _auroc(predictions["label"].to_numpy(dtype=int), p)
 
 
