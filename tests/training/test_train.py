@@ -95,6 +95,24 @@ def test_rebuilt_model_reproduces_test_predictions(tiny_run: dict) -> None:
     np.testing.assert_allclose(merged["logit"], merged["logit_saved"], rtol=1e-4, atol=1e-5)
 
 
+def test_train_and_predict_encode_clinical_values_identically(tiny_run: dict) -> None:
+    """The data module's clinical inputs equal the predictor's for the same manifest rows."""
+    from immunoplex.inference.inputs import collect_inputs
+    from immunoplex.inference.predictor import Predictor
+
+    cfg = tiny_run["cfg"]
+    dm = ResponseDataModule(data_config_from(cfg.data, int(cfg.seed)))
+    dm.setup()
+    pred = Predictor.load(tiny_run["out"] / "model.ckpt", device="cpu")
+    assert pred.clinical == dm.clinical and pred.clinical_columns == ["sclever1"]
+    patients = collect_inputs(cfg.data.manifest, pred.clinical_columns)
+    assert len(patients) == len(dm.records)
+    for p in patients:
+        train_vec = dm.records[p.patient_id].clinical
+        np.testing.assert_array_equal(pred.clinical.transform(p.clinical), train_vec)
+    assert pred.clinical.transform({}).tolist() == [0.0, 0.0]  # missing: unobserved, not imputed
+
+
 def test_same_seed_same_result(tiny_cohort: Path, tiny_run: dict, tmp_path: Path) -> None:
     cfg = compose_train(fast_overrides(tiny_cohort, epochs=2), output_dir=tmp_path)
     again = train(cfg)

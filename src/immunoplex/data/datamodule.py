@@ -23,6 +23,7 @@ from immunoplex.data.bags import (
     SlideTiles,
     collate_bags,
 )
+from immunoplex.data.clinical import ClinicalEncoder
 from immunoplex.data.cohort import Cohort, load_cohort
 from immunoplex.data.slides import slide_tiles
 from immunoplex.data.splits import Split, make_split
@@ -105,7 +106,7 @@ class ResponseDataModule(L.LightningDataModule):
         self.skipped: list[str] = []
         self.genes: list[str] = []
         self.expression_norm: ExpressionNormalizer | None = None
-        self.clinical_stats: dict[str, list[float]] = {}
+        self.clinical = ClinicalEncoder()
         self.treatments: list[str] = []
         self.slide_keys: dict[str, str] = {}
         self.embedding_encoder: torch.nn.Module | None = None
@@ -217,26 +218,10 @@ class ResponseDataModule(L.LightningDataModule):
     def _clinical_matrix(
         self, patients: pd.DataFrame, train_ids: set[str]
     ) -> dict[str, np.ndarray]:
-        """Standardised clinical values plus an observed indicator each (nothing imputed)."""
-        cols = list(self.cfg.clinical_columns)
-        out: dict[str, np.ndarray] = {}
-        stats: dict[str, list[float]] = {}
-        for col in cols:
-            train_vals = patients.loc[patients.index.isin(train_ids), col].dropna()
-            if train_vals.empty:
-                raise ManifestError(f"clinical column {col!r} has no value in training patients")
-            sd = float(train_vals.std(ddof=0)) or 1.0
-            stats[col] = [float(train_vals.mean()), sd]
-        self.clinical_stats = stats
-        for pid, row in patients.iterrows():
-            vec = []
-            for col in cols:
-                v = row[col]
-                observed = not pd.isna(v)
-                mean, sd = stats[col]
-                vec += [(float(v) - mean) / sd if observed else 0.0, float(observed)]
-            out[str(pid)] = np.asarray(vec, dtype=np.float32)
-        return out
+        """Clinical inputs per patient from the encoder fitted on the training patients."""
+        train = patients.loc[patients.index.isin(train_ids)]
+        self.clinical = ClinicalEncoder.fit(list(self.cfg.clinical_columns), train)
+        return {str(pid): self.clinical.transform(row) for pid, row in patients.iterrows()}
 
     def _expression_matrix(
         self, patients: pd.DataFrame, train_ids: set[str]
@@ -333,8 +318,7 @@ class ResponseDataModule(L.LightningDataModule):
             },
             "genes": list(self.genes),
             "expression_norm": self.expression_norm.to_dict() if self.expression_norm else None,
-            "clinical_columns": list(self.cfg.clinical_columns),
-            "clinical_stats": self.clinical_stats,
+            **self.clinical.to_dict(),  # clinical_columns, clinical_stats
             "treatments": list(self.treatments),
             "split": self.split.name if self.split else None,
         }

@@ -8,8 +8,7 @@ to the checkpoint's genes and normalisation. Errors name the file and the row.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -244,17 +243,6 @@ def prepare_expression(
     return ExpressionInputs(
         {str(pid): matrix[i] for i, pid in enumerate(aligned.index)}, report, str(path)
     )
-
-
-def clinical_vector(pred: Predictor, values: Mapping[str, float]) -> np.ndarray:
-    """[standardised value, observed] per clinical column, as the data module builds them."""
-    vec: list[float] = []
-    for col in pred.clinical_columns:
-        mean, sd = pred.clinical_stats.get(col, [0.0, 1.0])
-        v = values.get(col)
-        observed = v is not None and math.isfinite(float(v))
-        vec += [(float(v) - mean) / (sd or 1.0) if observed else 0.0, float(observed)]
-    return np.asarray(vec, dtype=np.float32)
 
 
 def treatment_index(pred: Predictor, name: str | None) -> tuple[int, str, str]:

@@ -20,7 +20,6 @@ from immunoplex.expression.genes import GeneReport
 from immunoplex.inference.inputs import (
     PatientInput,
     SlideInput,
-    clinical_vector,
     treatment_index,
 )
 from immunoplex.inference.stream import (
@@ -194,7 +193,7 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
         label=p.label,
         treatment=t_idx,
         cohort=p.cohort or "",
-        clinical=clinical_vector(pred, clin),
+        clinical=pred.clinical.transform(clin),
         expression=expr,
         slides=slides,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from immunoplex.data.clinical import ClinicalEncoder
 from immunoplex.data.transforms import normalise_tiles
 from immunoplex.errors import ConfigError
 from immunoplex.evaluation.calibration import Calibration
@@ -50,8 +51,7 @@ class Predictor:
     high_pct: float
     genes: list[str]
     expression_norm: ExpressionNormalizer | None
-    clinical_columns: list[str]
-    clinical_stats: dict[str, list[float]]
+    clinical: ClinicalEncoder
     treatments: list[str]
     calibration: Calibration | None
     threshold: float
@@ -93,8 +93,7 @@ class Predictor:
             high_pct=float(intensity.get("high_pct", 99.5)),
             genes=list(data.get("genes") or meta["dims"].get("gene_names") or []),
             expression_norm=ExpressionNormalizer.from_dict(norm_d) if norm_d else None,
-            clinical_columns=list(data.get("clinical_columns") or []),
-            clinical_stats={k: list(v) for k, v in (data.get("clinical_stats") or {}).items()},
+            clinical=ClinicalEncoder.from_dict(data),
             treatments=list(data.get("treatments") or meta["dims"].get("treatments") or []),
             calibration=Calibration.from_dict(calib_d) if calib_d else None,
             threshold=float(meta.get("threshold", 0.5)),
@@ -131,6 +130,10 @@ class Predictor:
     @property
     def modalities(self) -> list[str]:
         return list(getattr(self.model, "modalities", ["image"]))
+
+    @property
+    def clinical_columns(self) -> list[str]:
+        return self.clinical.columns
 
     @property
     def n_clinical(self) -> int:
