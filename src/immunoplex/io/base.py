@@ -83,6 +83,8 @@ class Slide:
         self._fds: list[int] = []
         self._files: list[tifffile.TiffFile] = []
         self._mpp_override = mpp
+        self.channel_source: str = "file"  # where the names came from (see :mod:`.names`)
+        self.anonymous = False  # True: the file names no channels ("Channel 0"...)
 
     # ------------------------------------------------------------------ set-up helpers
     def _open_fd(self, path: Path) -> int:
@@ -269,6 +271,7 @@ class Slide:
             "path": str(self.path),
             "format": self.format,
             "channels": list(self.channels),
+            "channel_source": self.channel_source,
             "levels": [list(s) for s in self.levels],
             "dtype": str(self.dtype),
             "mpp": self.mpp,

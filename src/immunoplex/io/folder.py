@@ -56,6 +56,7 @@ class FolderSlide(Slide):
         n_levels = min(len(p) for p in per_file)
         self._planes = [[p[lv] for p in per_file] for lv in range(n_levels)]
         self.channels = [stem(f) for f in files]
+        self.channel_source = "file names (one TIFF per marker)"
         known = {round(m, 6) for m in mpps if m is not None}
         file_mpp = mpps[0] if len(known) == 1 and None not in mpps else None
         self._finish(file_mpp)

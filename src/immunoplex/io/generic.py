@@ -101,8 +101,12 @@ class GenericTiffSlide(Slide):
                     break
                 names.append(strip_suffix(str(tags["PageName"].value)))
         if len(names) == n:
+            self.channel_source = "file (PageName tags)"
             return names
         labels = (tif.imagej_metadata or {}).get("Labels") if tif.is_imagej else None
         if labels and len(labels) == n:
+            self.channel_source = "file (ImageJ labels)"
             return [str(x) for x in labels]
+        self.anonymous = True  # named from outside if possible (see io.names)
+        self.channel_source = "none (the file names no channels)"
         return [f"Channel {i}" for i in range(n)]

@@ -59,6 +59,7 @@ class MibiTiffSlide(Slide):
             planes.append(Plane(PageReader(page, fd, src), 0))
         self.channel_labels = labels
         self.channels = [strip_suffix(x) for x in labels]
+        self.channel_source = "file (PageName tags)"
         self._planes = [planes]
         meta0 = _description_json(tif.pages[0])
         file_mpp = None

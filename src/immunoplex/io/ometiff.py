@@ -94,4 +94,8 @@ class OmeTiffSlide(Slide):
                 names = [nm or f"Channel {i}" for i, nm in enumerate(names[:n])]
                 names += [f"Channel {i}" for i in range(len(names), n)]
         self.channels = [str(nm) for nm in names]
+        self.channel_source = "file (OME-XML)"
+        if all(nm == f"Channel {i}" for i, nm in enumerate(self.channels)):
+            self.anonymous = True
+            self.channel_source = "none (the OME-XML names no channels)"
         self._finish(meta["mpp"] if meta else None)  # type: ignore[arg-type]

@@ -74,6 +74,7 @@ class QptiffSlide(Slide):
                 level.extend(Plane(reader, s) for s in range(reader.layout.samples))
             self._planes.append(level)
         self.channels = names
+        self.channel_source = "file (QPI XML)"
         self.channel_colors = colors
         page0, root0 = full[0]
         file_mpp = tag_mpp(page0)
