@@ -12,7 +12,7 @@ from immunoplex.io import open_slide
 from immunoplex.io.base import Slide
 from immunoplex.tiles.grid import iter_tile_chunks, load_grid, make_tile_grid, read_tiles, save_grid
 from immunoplex.tiles.params import TileGrid, TilingParams
-from immunoplex.tiles.qc import QC_PALETTE, composite, render_qc
+from immunoplex.tiles.qc import PALETTE, composite, render_qc
 from immunoplex.tiles.resample import choose_level, read_downsampled, read_resampled, shape_at
 from immunoplex.tiles.tissue import detect_tissue, percentiles, slide_tissue
 from tests.io.conftest import synthetic_image, write_ome
@@ -214,9 +214,16 @@ def test_composite_channel_by_channel(slide_path: Path, tmp_path: Path) -> None:
     img = rng.gamma(2, 100, (3, 40, 50)).astype(np.float32)
     mask = np.zeros((40, 50), bool)
     mask[10:30, 5:40] = True
-    whole = composite(img, QC_PALETTE[:3], mask)
-    assert whole.shape == (40, 50, 3) and 0 < whole.max() <= 1
-    np.testing.assert_array_equal(composite(iter(img.copy()), QC_PALETTE[:3], mask), whole)
+    whole = composite(img, PALETTE[:3], mask)
+    assert whole.rgb.shape == (40, 50, 3) and 0 < whole.rgb.max() <= 1
+    streamed = composite(iter(img.copy()), PALETTE[:3], mask)
+    np.testing.assert_array_equal(streamed.rgb, whole.rgb)
+    # the limits come back (legend) and reproduce the image when given back (crops of a slide)
+    assert whole.low.shape == whole.high.shape == (3,) and (whole.high > whole.low).all()
+    again = composite(img, PALETTE[:3], limits=(whole.low, whole.high))
+    np.testing.assert_array_equal(again.rgb, whole.rgb)
+    crop = composite(img[:, 10:20, 5:15], PALETTE[:3], limits=(whole.low, whole.high))
+    np.testing.assert_array_equal(crop.rgb, whole.rgb[10:20, 5:15])
     with open_slide(slide_path) as s:
         grid = make_tile_grid(s, TilingParams(tile_size=16, mpp=2.0))
         out = render_qc(s, grid, tmp_path / "qc.png", markers=["DAPI", "CD8"], max_size=64)

@@ -80,7 +80,8 @@ def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
     try:
         params = TilingParams.from_dict(job["params"])
         with open_slide(job["image"], mpp=job["mpp"]) as slide:
-            grid = make_tile_grid(slide, params)
+            aliases = job.get("aliases") or {}
+            grid = make_tile_grid(slide, params, aliases)
             save_grid(grid, job["grid_path"], slide=slide, slide_id=job["slide_id"])
             if job["qc_path"]:
                 render_qc(
@@ -90,6 +91,7 @@ def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
                     markers=job["qc_markers"],
                     max_size=job["qc_max_size"],
                     title=job["slide_id"],
+                    aliases=aliases,
                 )
             row.update(
                 status="done",
@@ -129,6 +131,8 @@ def tile_cohort(cfg: DictConfig | dict[str, Any]) -> TileRunSummary:
     rows = read_manifest(c.manifest, c.get("mpp"))
     qc = c.get("qc") or {}
     qc_on = bool(qc.get("enabled", True))
+    panel = c.get("panel") or {}
+    aliases = {str(k): [str(s) for s in v or []] for k, v in (panel.get("aliases") or {}).items()}
     summary = TileRunSummary(out_dir=out)
     jobs = []
     for r in rows:
@@ -145,6 +149,7 @@ def tile_cohort(cfg: DictConfig | dict[str, Any]) -> TileRunSummary:
                 "qc_path": str(qc_path) if qc_path else None,
                 "qc_markers": list(qc.get("markers") or []),
                 "qc_max_size": int(qc.get("max_size", 1024)),
+                "aliases": aliases,
             }
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -12,19 +12,10 @@ import numpy as np
 
 from immunoplex.inference.slideheat import Geometry, SlideHeat, tile_raster
 from immunoplex.io.base import Slide
-from immunoplex.io.panel import Panel
+from immunoplex.io.panel import canonical_marker, resolve_markers
+from immunoplex.tiles.qc import NUCLEAR_COLOUR, composite, marker_colours
 from immunoplex.tiles.resample import read_downsampled, read_resampled
 from immunoplex.utils.atomic import atomic_path
-
-NUCLEAR_COLOUR = (0.25, 0.45, 1.0)
-PALETTE = [
-    (0.15, 1.0, 0.25),
-    (1.0, 0.2, 0.55),
-    (1.0, 0.85, 0.1),
-    (0.1, 0.9, 1.0),
-    (1.0, 0.5, 0.0),
-    (0.8, 0.8, 0.8),
-]
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -33,49 +24,24 @@ def composite_channels(
 ) -> tuple[list[int], list[str], list[tuple[float, float, float]], list[str]]:
     """Slide channel indices, names and colours for the requested markers (+ those absent)."""
     wanted = list(dict.fromkeys(str(m) for m in markers)) or ["DAPI"]
-    panel = Panel(wanted, aliases=aliases or {})
-    by_canon: dict[str, int] = {}
-    for i, ch in enumerate(slide.channels):
-        by_canon.setdefault(panel.canonical(ch), i)
-    idx, names, colours, absent = [], [], [], []
-    pal = iter(PALETTE)
-    for m in wanted:
-        i = by_canon.get(panel.canonical(m))
+    idx: list[int] = []
+    names: list[str] = []
+    shown: list[str] = []
+    absent: list[str] = []
+    for m, i in zip(wanted, resolve_markers(wanted, slide.channels, aliases), strict=True):
         if i is None:
             absent.append(m)
             continue
+        if i in idx:  # two requested names for one stain
+            continue
         idx.append(i)
-        names.append(
-            m
-            if panel.canonical(slide.channels[i]) == slide.channels[i]
-            else f"{m} ({slide.channels[i]})"
-        )
-        colours.append(NUCLEAR_COLOUR if panel.canonical(m) == "DAPI" else next(pal, (1, 1, 1)))
+        ch = slide.channels[i]
+        names.append(m if canonical_marker(ch, aliases) == ch else f"{m} ({ch})")
+        shown.append(m)
     if not idx:  # nothing requested is on the slide: show its first channel
         idx, names, colours = [0], [slide.channels[0]], [NUCLEAR_COLOUR]
-    return idx, names, colours, absent
-
-
-def channel_limits(img: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel 1st / 99.7th percentiles (on tissue when a mask is given)."""
-    lo, hi = [], []
-    for ch in img:
-        v = ch[mask] if mask is not None and mask.shape == ch.shape and mask.any() else ch
-        a, b = np.percentile(v, [1.0, 99.7])
-        lo.append(a)
-        hi.append(b if b > a else a + 1.0)
-    return np.asarray(lo, np.float32), np.asarray(hi, np.float32)
-
-
-def compose(
-    img: np.ndarray, colours: Sequence[tuple[float, float, float]], lo: np.ndarray, hi: np.ndarray
-) -> np.ndarray:
-    """Additive pseudo-colour RGB (H, W, 3) in [0, 1] with a mild gamma."""
-    rgb = np.zeros((*img.shape[1:], 3), np.float32)
-    for ch, col, a, b in zip(img, colours, lo, hi, strict=True):
-        z = np.clip((ch - a) / (b - a), 0, 1) ** 0.8
-        rgb += z[..., None] * np.asarray(col, np.float32)
-    return np.clip(rgb, 0, 1)
+        return idx, names, colours, absent
+    return idx, names, marker_colours(shown, aliases), absent
 
 
 def display_factor(geo: Geometry, max_side: int = 2048) -> int:
@@ -117,8 +83,8 @@ def render_heatmap_png(
     idx, names, colours, absent = composite_channels(slide, markers, heat.aliases)
     img = read_downsampled(slide, dmpp, idx)
     cov = _coverage(heat, geo, img.shape[1:])
-    lo, hi = channel_limits(img, cov)
-    rgb = compose(img, colours, lo, hi)
+    comp = composite(img, colours, cov)
+    rgb = comp.rgb
     ext_w, ext_h = W0 * geo.slide_mpp, H0 * geo.slide_mpp
     extent = (0, ext_w, ext_h, 0)
     rel = heat.attention_rel
@@ -215,7 +181,7 @@ def render_heatmap_png(
     finally:
         plt.close(fig)
     return {
-        "limits": {"low": lo.tolist(), "high": hi.tolist()},
+        "limits": comp.limits,
         "channels": idx,
         "colours": colours,
         "names": names,
@@ -245,8 +211,7 @@ def render_top_tiles(
     side_um = heat.tile_size * heat.tiling_mpp
     mmpp = max(geo.slide_mpp, side_um / tile_px)
     px = max(1, int(round(side_um / mmpp)))
-    lo = np.asarray(style["limits"]["low"], np.float32)
-    hi = np.asarray(style["limits"]["high"], np.float32)
+    limits = (style["limits"]["low"], style["limits"]["high"])  # the whole-slide scaling
     cols = min(len(order), 4)
     rows = math.ceil(len(order) / cols)
     fig, axes = plt.subplots(
@@ -260,7 +225,8 @@ def render_top_tiles(
         y_um, x_um = heat.coords[i] * heat.tiling_mpp
         y, x = int(round(y_um / mmpp)), int(round(x_um / mmpp))
         img = read_resampled(slide, mmpp, y, x, px, px, style["channels"])
-        ax.imshow(compose(img, style["colours"], lo, hi), interpolation="nearest")
+        crop = composite(img, style["colours"], limits=limits).rgb
+        ax.imshow(crop, interpolation="nearest")
         ax.set_title(
             f"#{r}  attn {rel[i]:.2f}x\nscore {heat.score[i]:+.2f}", color="white", fontsize=8
         )

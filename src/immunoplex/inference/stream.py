@@ -75,7 +75,7 @@ def open_for_streaming(
     slide = open_slide(path, mpp=mpp)
     try:
         match = match_panel(panel, slide.channels, source=path, required=required)
-        grid = make_tile_grid(slide, params)
+        grid = make_tile_grid(slide, params, panel.aliases)
     except BaseException:
         slide.close()
         raise

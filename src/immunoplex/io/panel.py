@@ -158,6 +158,33 @@ class Panel:
         return cls(markers=list(default_panel_config()["markers"]))
 
 
+def resolve_markers(
+    markers: Sequence[str],
+    slide_channels: Sequence[str],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> list[int | None]:
+    """The slide channel of each marker by (aliased) name, ``None`` where the slide lacks it.
+
+    The one marker -> channel resolver (panel matching, tissue detection, QC and heatmap
+    composites): names are compared after canonicalisation with the shipped alias table plus
+    ``aliases``; when several channels carry one stain (e.g. DAPI and HH3) the exact name wins.
+    """
+    lookup = build_lookup(merge_aliases(default_aliases(), aliases))
+
+    def canon(name: str) -> str:
+        return lookup.get(marker_key(name), clean_name(name))
+
+    by_canon: dict[str, list[int]] = {}
+    for i, ch in enumerate(slide_channels):
+        by_canon.setdefault(canon(ch), []).append(i)
+    out: list[int | None] = []
+    for m in markers:
+        cands = by_canon.get(canon(m), [])
+        exact = [i for i in cands if marker_key(slide_channels[i]) == marker_key(m)]
+        out.append((exact or cands)[0] if cands else None)
+    return out
+
+
 def match_panel(
     panel: Panel,
     slide_channels: Sequence[str],
@@ -169,20 +196,8 @@ def match_panel(
     ``required=None`` requires every panel marker; ``required=[]`` allows any to be missing.
     Raises PanelMismatchError naming the missing markers and the slide's channels.
     """
-    by_canon: dict[str, list[int]] = {}
-    for i, ch in enumerate(slide_channels):
-        by_canon.setdefault(panel.canonical(ch), []).append(i)
-    indices: list[int | None] = []
-    missing: list[str] = []
-    for m in panel.markers:
-        cands = by_canon.get(panel.canonical(m), [])
-        if not cands:
-            indices.append(None)
-            missing.append(m)
-            continue
-        # several channels for one stain (e.g. DAPI and HH3): prefer the exact name
-        exact = [i for i in cands if marker_key(slide_channels[i]) == marker_key(m)]
-        indices.append((exact or cands)[0])
+    indices = resolve_markers(panel.markers, slide_channels, panel.aliases)
+    missing = [m for m, i in zip(panel.markers, indices, strict=True) if i is None]
     req = list(panel.markers) if required is None else [str(r) for r in required]
     req_canon = {panel.canonical(r) for r in req}
     unknown = [

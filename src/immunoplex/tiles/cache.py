@@ -226,7 +226,7 @@ class TileCache:
         try:
             with open_slide(path, mpp=mpp) as slide:
                 match = match_panel(panel, slide.channels, source=path, required=required)
-                grid = make_tile_grid(slide, params)
+                grid = make_tile_grid(slide, params, panel.aliases)
                 dtype = np.dtype(np.float32) if slide.dtype.kind == "f" else slide.dtype
                 T = params.tile_size
                 shape = (len(grid), len(panel), T, T)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,14 @@ from immunoplex.utils.atomic import atomic_path
 
 
 # ---------------------------------------------------------------------- grid
-def make_tile_grid(slide: Slide, params: TilingParams) -> TileGrid:
+def make_tile_grid(
+    slide: Slide, params: TilingParams, aliases: Mapping[str, Sequence[str]] | None = None
+) -> TileGrid:
     """Tiles of ``params.tile_size`` at ``params.mpp`` with at least ``min_tissue`` tissue."""
     if slide.mpp is None:
         slide.level_mpp(0)  # raises ResolutionError with the message users need
     H, W = shape_at(slide, params.mpp)
-    mask, mmpp = slide_tissue(slide, params)
+    mask, mmpp = slide_tissue(slide, params, aliases)  # tissue markers by the user's aliases too
     T, S = params.tile_size, params.step
     ys = np.arange(0, H - T + 1, S, dtype=np.int64)
     xs = np.arange(0, W - T + 1, S, dtype=np.int64)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from immunoplex.io.base import Slide
-from immunoplex.tiles.params import TileGrid
+from immunoplex.io.panel import canonical_marker
+from immunoplex.tiles.params import NUCLEAR_MARKERS, TileGrid
 from immunoplex.tiles.resample import read_downsampled, shape_at
 from immunoplex.tiles.tissue import resolve_channels
 from immunoplex.utils.atomic import atomic_path
 
-# ---------------------------------------------------------------------- QC thumbnail
-QC_COLOURS = {
-    "DAPI": (0.15, 0.35, 1.0),
-}
-QC_PALETTE = [
+# ---------------------------------------------------------------------- colour composites
+# The one palette (QC thumbnails, heatmaps, top-tile crops): the nuclear stain blue, the other
+# markers in this order, white once it is used up.
+NUCLEAR_COLOUR = (0.25, 0.45, 1.0)
+PALETTE = [
     (1.0, 0.15, 0.15),
     (0.1, 1.0, 0.2),
     (1.0, 0.85, 0.0),
@@ -27,41 +29,87 @@ QC_PALETTE = [
     (1.0, 0.55, 0.0),
     (0.7, 0.7, 0.7),
 ]
+FALLBACK_COLOUR = (1.0, 1.0, 1.0)
 
 
-def qc_channels(slide: Slide, markers: Sequence[str] | None, limit: int = 6) -> list[int]:
-    """Channels to show: the requested markers the slide has, else its first ``limit``."""
-    idx = resolve_channels(slide, markers or [])
-    return idx[:limit] if idx else list(range(min(limit, len(slide.channels))))
+def marker_colours(
+    names: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
+) -> list[tuple[float, float, float]]:
+    """A colour per marker name: :data:`NUCLEAR_COLOUR` for the nuclear stain, else the next
+    :data:`PALETTE` entry."""
+    pal = iter(PALETTE)
+    return [
+        NUCLEAR_COLOUR
+        if canonical_marker(n, aliases) in NUCLEAR_MARKERS
+        else next(pal, FALLBACK_COLOUR)
+        for n in names
+    ]
+
+
+def channel_limits(ch: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
+    """Display range of one (H, W) channel: its 1st / 99.7th percentile, on tissue when a mask of
+    the same shape with tissue in it is given."""
+    v = ch[mask] if mask is not None and mask.shape == ch.shape and mask.any() else ch
+    lo, hi = (float(x) for x in np.percentile(v, [1.0, 99.7]))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+@dataclass
+class Composite:
+    """An RGB (H, W, 3) image in [0, 1] and the per-channel display range that made it."""
+
+    rgb: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def limits(self) -> dict[str, list[float]]:
+        """For a legend, or to draw crops of the same slide with the same scaling."""
+        return {"low": self.low.tolist(), "high": self.high.tolist()}
 
 
 def composite(
     img: np.ndarray | Iterable[np.ndarray],
     colours: Sequence[tuple[float, float, float]],
     mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """Additive pseudo-colour RGB (H, W, 3) in [0, 1] of a (C, H, W) image or of (H, W) channels
-    given one at a time (so only one is held); each channel scaled to its 1-99.7th percentile on
-    tissue (whole image without a mask) with a mild gamma."""
+    limits: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Composite:
+    """Additive pseudo-colour composite of a (C, H, W) image or of (H, W) channels given one at a
+    time (so only one is held), with a mild gamma. Each channel is scaled to
+    :func:`channel_limits` (on ``mask``), or to the given ``(low, high)`` limits."""
     rgb: np.ndarray | None = None
-    sel: np.ndarray | None = None
-    for ch, col in zip(img, colours, strict=False):
+    low: list[np.float32] = []
+    high: list[np.float32] = []
+    for c, (ch, col) in enumerate(zip(img, colours, strict=False)):
+        ch = np.asarray(ch, np.float32)
         if rgb is None:
             rgb = np.zeros((*ch.shape, 3), np.float32)
-            if mask is not None and mask.shape == ch.shape and mask.any():
-                sel = mask
-        lo, hi = np.percentile(ch[sel] if sel is not None else ch, [1.0, 99.7])
-        if not hi > lo:
-            continue
-        z = np.clip((np.asarray(ch, np.float32) - lo) / (hi - lo), 0, 1)
+        lo, hi = channel_limits(ch, mask) if limits is None else (limits[0][c], limits[1][c])
+        lo, hi = np.float32(lo), np.float32(hi)  # as returned, so given-back limits reproduce
+        low.append(lo)
+        high.append(hi)
+        z = np.clip((ch - lo) / (hi - lo), 0, 1)
         z = np.power(z, 0.9, out=z)
         z *= 0.8
         for k in range(3):
             rgb[..., k] += z * np.float32(col[k])
     if rgb is None:
         shape = img.shape[1:] if isinstance(img, np.ndarray) else (0, 0)
-        return np.zeros((*shape, 3), np.float32)
-    return np.clip(rgb, 0, 1, out=rgb)
+        rgb = np.zeros((*shape, 3), np.float32)
+    return Composite(
+        np.clip(rgb, 0, 1, out=rgb), np.asarray(low, np.float32), np.asarray(high, np.float32)
+    )
+
+
+def qc_channels(
+    slide: Slide,
+    markers: Sequence[str] | None,
+    limit: int = 6,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> list[int]:
+    """Channels to show: the requested markers the slide has, else its first ``limit``."""
+    idx = resolve_channels(slide, markers or [], aliases)
+    return idx[:limit] if idx else list(range(min(limit, len(slide.channels))))
 
 
 def render_qc(
@@ -71,6 +119,7 @@ def render_qc(
     markers: Sequence[str] | None = None,
     max_size: int = 1024,
     title: str | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """PNG for a person: marker composite with legend, tissue outline, the kept tile grid."""
     import matplotlib
@@ -84,7 +133,7 @@ def render_qc(
     path.parent.mkdir(parents=True, exist_ok=True)
     H, W = grid.shape
     tmpp = max(grid.mpp * max(H, W) / max_size, slide.level_mpp(0))
-    chans = qc_channels(slide, markers)
+    chans = qc_channels(slide, markers, aliases=aliases)
     th, tw = shape_at(slide, tmpp)
     mask_small = None
     if grid.mask is not None:
@@ -94,13 +143,9 @@ def render_qc(
         mask_small = mask_small[:th, :tw]
         if mask_small.shape != (th, tw):
             mask_small = None
-    colours = []
-    pal = iter(QC_PALETTE)
-    from immunoplex.io.panel import canonical_marker
-
-    for c in chans:
-        colours.append(QC_COLOURS.get(canonical_marker(slide.channels[c])) or next(pal))
-    rgb = composite((read_downsampled(slide, tmpp, [c])[0] for c in chans), colours, mask_small)
+    colours = marker_colours([slide.channels[c] for c in chans], aliases)
+    layers = (read_downsampled(slide, tmpp, [c])[0] for c in chans)
+    rgb = composite(layers, colours, mask_small).rgb
     ext_w, ext_h = W * grid.mpp, H * grid.mpp  # µm
     aspect = ext_h / ext_w
     fig_w = 9.0

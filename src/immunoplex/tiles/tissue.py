@@ -4,32 +4,25 @@ threshold, clean-up, and the mask's resolution."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from immunoplex.io.base import Slide
+from immunoplex.io.panel import resolve_markers
 from immunoplex.tiles.params import TilingParams
 from immunoplex.tiles.resample import choose_level, read_downsampled, shape_at
 
 
 # ---------------------------------------------------------------------- tissue
-def resolve_channels(slide: Slide, markers: Sequence[str]) -> list[int]:
-    """Slide channel indices of ``markers`` (by aliased name); missing markers are skipped."""
-    from immunoplex.io.panel import Panel
-
-    if not markers:
-        return []
-    panel = Panel(list(dict.fromkeys(markers)))
-    idx = []
-    for m in panel.markers:
-        want = panel.canonical(m)
-        for i, ch in enumerate(slide.channels):
-            if panel.canonical(ch) == want:
-                idx.append(i)
-                break
-    return idx
+def resolve_channels(
+    slide: Slide, markers: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
+) -> list[int]:
+    """Slide channel indices of ``markers`` (by aliased name, :func:`resolve_markers`, with the
+    user's ``aliases``); missing markers are skipped, each channel is listed once."""
+    found = resolve_markers(list(dict.fromkeys(markers)), slide.channels, aliases)
+    return list(dict.fromkeys(i for i in found if i is not None))
 
 
 def mask_resolution(slide: Slide, params: TilingParams) -> float:
@@ -277,7 +270,9 @@ def clean_mask(mask: np.ndarray, mpp: float, params: TilingParams) -> np.ndarray
     return m
 
 
-def slide_tissue(slide: Slide, params: TilingParams) -> tuple[np.ndarray, float]:
+def slide_tissue(
+    slide: Slide, params: TilingParams, aliases: Mapping[str, Sequence[str]] | None = None
+) -> tuple[np.ndarray, float]:
     """Tissue mask of a slide and its µm/px (:func:`mask_resolution`), in bounded memory.
 
     Channels are read one at a time at the mask resolution (:func:`read_downsampled`, in strips)
@@ -286,7 +281,7 @@ def slide_tissue(slide: Slide, params: TilingParams) -> tuple[np.ndarray, float]
     one channel plus a few mask-sized planes, whatever the slide size and channel count.
     """
     mmpp = mask_resolution(slide, params)
-    nuc = resolve_channels(slide, params.tissue_markers)
+    nuc = resolve_channels(slide, params.tissue_markers, aliases)
     blend = params.tissue_all_channels and bool(nuc)
     sig = tissue_signal(
         lambda c: read_downsampled(slide, mmpp, [c])[0],
