@@ -41,7 +41,10 @@ def test_patients_join_slides(tmp_path: Path) -> None:
             "s1,p1,slides/a.tif,1,c,t,1,train\ns1,p2,slides/b.tif,0,c,t,1,train\n",
             "manifest.csv:3: duplicated slide_id 's1' (rows [2, 3])",
         ),
-        ("s1,p1,slides/a.tif,maybe,c,t,1,train\n", "manifest.csv:2: label 'maybe' is not one of"),
+        (
+            "s1,p1,slides/a.tif,maybe,c,t,1,train\n",
+            "manifest.csv:2: label 'maybe' is not an accepted spelling",
+        ),
         (
             "s1,p1,slides/a.tif,1,c,t,1,train\ns2,p1,slides/b.tif,0,c,t,1,train\n",
             "manifest.csv:3: patient 'p1' has conflicting label values [1, 0]",
@@ -83,3 +86,16 @@ def test_parse_label_vocabulary() -> None:
     assert parse_label("", "x") == -1
     with pytest.raises(ManifestError, match="x: label '2'"):
         parse_label("2", "x")
+
+
+@pytest.mark.parametrize("value", ["-1", "NA", "None", "unknown", "nan"])
+def test_unlabelled_is_only_an_empty_cell(value: str) -> None:
+    """A 1/-1 cohort must not silently lose its non-responders: -1, NA, None... are refused."""
+    with pytest.raises(ManifestError, match=f"row 7: label '{value}' is not an accepted spelling"):
+        parse_label(value, "row 7")
+
+
+def test_one_minus_one_manifest_is_refused_naming_the_row(tmp_path: Path) -> None:
+    m = _write(tmp_path, "s1,p1,slides/a.tif,1,c,t,1,train\ns2,p2,slides/b.tif,-1,c,t,1,test\n")
+    with pytest.raises(ManifestError, match=r"manifest.csv:3: label '-1' is not an accepted"):
+        load_cohort(m)

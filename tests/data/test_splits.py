@@ -71,3 +71,11 @@ def test_one_class_fold_is_a_clear_error() -> None:
         make_split(pts, mode="kfold", n_folds=5)
     with pytest.raises(SplitError, match="one class only"):
         make_split(pts, mode="fixed", val_fraction=0.1)
+
+
+def test_fixed_split_without_test_patients_is_refused() -> None:
+    df = _patients().assign(split="train")
+    with pytest.raises(SplitError, match="no labelled patient has split=test"):
+        make_split(df, mode="fixed")
+    s = make_split(df, mode="fixed", require_test=False)  # a final model on every patient
+    assert s.test == () and len(s.train) + len(s.val) == len(df)

@@ -146,6 +146,18 @@ def test_h5ad_gene_column_and_bad_shape(tmp_path: Path) -> None:
         read_expression(bad)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_exactly_repeated_gene_header_is_averaged(tmp_path: Path, suffix: str) -> None:
+    """pandas would rename the second column CD8A.1; it must be averaged like any duplicate."""
+    sep = "," if suffix == ".csv" else "\t"
+    path = tmp_path / f"e{suffix}"
+    rows = [["patient_id", "CD8A", "GZMB", "CD8A"], ["p1", "1", "2", "3"], ["p2", "5", "6", "9"]]
+    path.write_text("".join(sep.join(r) + "\n" for r in rows))
+    t = read_expression(path)
+    assert t.genes == ["CD8A", "GZMB"] and t.duplicated_genes == ["CD8A"]
+    assert t.values.loc["p1", "CD8A"] == 2.0 and t.values.loc["p2", "CD8A"] == 7.0
+
+
 def test_duplicated_genes_averaged_and_case_harmonised(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
     path.write_text("patient_id,CD8A,cd8a,GZMA\np1,1,3,5\np2,2,4,6\n")

@@ -208,7 +208,10 @@ def case_patient_with_conflicting_rows(tmp: Path) -> Outcome:
 
 def case_label_outside_allowed_set(tmp: Path) -> Outcome:
     m = _manifest(tmp, "s1,p1,a.ome.tif,1,c,t,train\ns2,p2,b.ome.tif,2,c,t,train\n")
-    return _raises(ManifestError, lambda: load_cohort(m)), [f"{m}:3", "label '2' is not one of"]
+    return _raises(ManifestError, lambda: load_cohort(m)), [
+        f"{m}:3",
+        "label '2' is not an accepted spelling",
+    ]
 
 
 def case_missing_image(tmp: Path) -> Outcome:

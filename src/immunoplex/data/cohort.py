@@ -13,18 +13,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immunoplex.errors import ManifestError
+from immunoplex.errors import ManifestError, SlideReadError
+from immunoplex.io.mcd import slide_file
+from immunoplex.io.names import ChannelNames, manifest_names
 from immunoplex.utils.tables import MISSING_TEXT, read_table
 
 REQUIRED_COLUMNS = ("slide_id", "patient_id", "image")
+CHANNELS_COLUMN = "channels"
 POSITIVE_LABELS = {"1", "1.0", "r", "responder", "cr", "pr", "true", "yes"}
 NEGATIVE_LABELS = {"0", "0.0", "nr", "non-responder", "nonresponder", "sd", "pd", "false", "no"}
-UNLABELLED = {"", "nan", "na", "none", "unknown", "-1"}
+UNLABELLED = {""}  # an empty cell; nothing else means "unlabelled"
 LABEL_NAMES = ("non-responder", "responder")
+LABEL_SPELLINGS = (
+    "responder: 1, R, responder, CR, PR, true, yes; non-responder: 0, NR, non-responder, SD, PD, "
+    "false, no; unlabelled: an empty cell"
+)
 
 
 def parse_label(value: object, where: str) -> int:
-    """Map a manifest label cell to 1 (responder), 0 (non-responder) or -1 (unlabelled)."""
+    """Map a manifest label cell to 1 (responder), 0 (non-responder) or -1 (unlabelled).
+
+    Only an empty cell (or a null) is unlabelled: ``-1``, ``NA``, ``None`` or ``unknown`` are
+    refused, because a cohort coded 1/-1 would otherwise silently lose all its non-responders.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return -1
     text = str(value).strip().lower()
@@ -34,9 +45,7 @@ def parse_label(value: object, where: str) -> int:
         return 0
     if text in UNLABELLED:
         return -1
-    raise ManifestError(
-        f"{where}: label {value!r} is not one of 1/0, R/NR, responder/non-responder, or empty"
-    )
+    raise ManifestError(f"{where}: label {value!r} is not an accepted spelling ({LABEL_SPELLINGS})")
 
 
 @dataclass
@@ -101,8 +110,14 @@ def load_cohort(
     df["image_path"] = [_image_path(path, p, r) for p, r in zip(df["image"], df["row_number"])]
     if check_images:
         for row in df.itertuples():
-            if not Path(row.image_path).exists():
+            if not slide_file(row.image_path).exists():  # 'file.mcd#2': one acquisition
                 raise ManifestError(f"{path}:{row.row_number}: image {row.image!r} not found")
+    if CHANNELS_COLUMN in df.columns:  # names for TIFFs that carry none (';'-separated)
+        for value, r in zip(df[CHANNELS_COLUMN], df["row_number"]):
+            try:
+                manifest_names(value, f"{path}:{r}", CHANNELS_COLUMN)
+            except SlideReadError as err:
+                raise ManifestError(str(err)) from None
     if "mpp" in df.columns:
         df["mpp"] = _numeric_column(df, "mpp", path, allow_empty=True)
     clinical = list(clinical_columns or [])
@@ -112,6 +127,16 @@ def load_cohort(
         df[col] = _numeric_column(df, col, path, allow_empty=True)
     patients = _patients_from_slides(df, path, clinical)
     return Cohort(manifest=path, slides=df, patients=patients, clinical_columns=clinical)
+
+
+def slide_channel_names(row: object) -> ChannelNames | None:
+    """The channel names a manifest row gives its slide (``channels`` column), or None.
+
+    The one place the column is read: training (tile cache), tiling and prediction use it."""
+    value = getattr(row, CHANNELS_COLUMN, None)
+    if value is None and isinstance(row, dict):
+        value = row.get(CHANNELS_COLUMN)
+    return manifest_names(value, f"slide {getattr(row, 'slide_id', '?')}", CHANNELS_COLUMN)
 
 
 def _image_path(manifest: Path, image: str, row: int) -> Path:

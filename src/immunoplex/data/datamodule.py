@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +24,13 @@ from immunoplex.data.bags import (
     collate_bags,
 )
 from immunoplex.data.clinical import ClinicalEncoder
-from immunoplex.data.cohort import Cohort, load_cohort
+from immunoplex.data.cohort import Cohort, load_cohort, slide_channel_names
 from immunoplex.data.slides import slide_tiles
 from immunoplex.data.splits import Split, make_split
 from immunoplex.errors import ImmunoplexError, ManifestError
 from immunoplex.expression.io import read_expression
 from immunoplex.expression.normalise import ExpressionNormalizer
-from immunoplex.io.panel import Panel
+from immunoplex.io.panel import Panel, default_aliases
 from immunoplex.tiles.cache import TileCache, TileSet
 from immunoplex.tiles.params import TilingParams
 
@@ -46,6 +46,7 @@ class SplitConfig:
     n_inner_folds: int = 4
     test_cohort: str | None = None
     val_fraction: float = 0.2
+    require_test: bool = True
 
 
 @dataclass
@@ -61,10 +62,13 @@ class DataConfig:
     tile_size: int = 32
     mpp: float = 2.0
     min_tissue: float = 0.5
+    # Every TilingParams field (the configs/tiling group); when set it wins over the three above.
+    tiling: Mapping[str, Any] | None = None
     intensity_low: float = 1.0
     intensity_high: float = 99.5
-    expression_norm: str = "zscore_cohort"
-    # A cohort with fewer than 3 training samples: "global" (pooled training statistics) or "error".
+    # A method name, or a configs/expression_norm mapping (method, log, min_cohort_size, small_cohort).
+    expression_norm: str | Mapping[str, Any] = "zscore_cohort"
+    # With a method name: a cohort with < 3 training samples uses "global" statistics or is an "error".
     expression_small_cohort: str = "global"
     clinical_columns: Sequence[str] = ()
     treatments: Sequence[str] | None = None
@@ -83,10 +87,14 @@ class DataConfig:
     seed: int = 0
 
 
-def _build_one(args: tuple[str, str, Panel, TilingParams, float | None, list[str] | None]) -> Any:
-    cache_root, path, panel, params, mpp, required = args
+def _build_one(
+    args: tuple[str, str, Panel, TilingParams, float | None, list[str] | None, Any],
+) -> Any:
+    cache_root, path, panel, params, mpp, required, names = args
     try:
-        TileCache(cache_root).load_or_build(path, panel, params, mpp=mpp, required=required)
+        TileCache(cache_root).load_or_build(
+            path, panel, params, mpp=mpp, required=required, channel_names=names
+        )
         return None
     except ImmunoplexError as err:
         return str(err)
@@ -99,7 +107,7 @@ class ResponseDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.panel = Panel(list(cfg.markers), aliases=dict(cfg.aliases or {}))
-        self.params = TilingParams(tile_size=cfg.tile_size, mpp=cfg.mpp, min_tissue=cfg.min_tissue)
+        self.params = tiling_params(cfg)
         self.cohort: Cohort | None = None
         self.split: Split | None = None
         self.records: dict[str, PatientRecord] = {}
@@ -128,6 +136,7 @@ class ResponseDataModule(L.LightningDataModule):
                 self.params,
                 self._slide_mpp(row),
                 self._required(),
+                slide_channel_names(row),
             )
             for row in cohort.slides.itertuples()
         ]
@@ -170,6 +179,7 @@ class ResponseDataModule(L.LightningDataModule):
             test_cohort=sc.test_cohort,
             val_fraction=sc.val_fraction,
             seed=cfg.seed,
+            require_test=sc.require_test,
         )
         train_ids = set(self.split.train)
         patients = cohort.patients.set_index("patient_id")
@@ -244,9 +254,7 @@ class ResponseDataModule(L.LightningDataModule):
         if not fit_ids:
             raise ManifestError(f"{table.source}: no training patient has expression")
         self.genes = list(values.columns)
-        norm = ExpressionNormalizer(
-            method=self.cfg.expression_norm, small_cohort=self.cfg.expression_small_cohort
-        )
+        norm = expression_normalizer(self.cfg)
         norm.fit(values.loc[fit_ids], cohorts.loc[fit_ids])
         self.expression_norm = norm
         matrix = norm.transform(values, cohorts)
@@ -266,6 +274,7 @@ class ResponseDataModule(L.LightningDataModule):
                     self.params,
                     mpp=self._slide_mpp(row),
                     required=self._required(),
+                    channel_names=slide_channel_names(row),
                 )
             except ImmunoplexError as err:
                 if self.cfg.on_bad_slide != "skip":
@@ -377,8 +386,43 @@ class ResponseDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
+def tiling_params(cfg: DataConfig) -> TilingParams:
+    """The tiling of ``cfg``: its ``tiling`` mapping, else tile_size/mpp/min_tissue."""
+    if cfg.tiling is not None:
+        return TilingParams.from_dict(dict(cfg.tiling))
+    return TilingParams(tile_size=cfg.tile_size, mpp=cfg.mpp, min_tissue=cfg.min_tissue)
+
+
+def expression_normalizer(cfg: DataConfig) -> ExpressionNormalizer:
+    """An unfitted normaliser: a configs/expression_norm mapping, or a method name."""
+    spec = cfg.expression_norm
+    if isinstance(spec, Mapping):
+        return ExpressionNormalizer.from_config(dict(spec))
+    return ExpressionNormalizer(method=str(spec), small_cohort=cfg.expression_small_cohort)
+
+
+def user_aliases(aliases: Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """The entries of ``aliases`` that add to the shipped table (configs/panel/default.yaml).
+
+    ``panel.aliases`` holds the shipped table plus the user's entries; the Panel always merges the
+    shipped table back in, so only the additions are kept (in tile-cache keys and checkpoints).
+    """
+    shipped = default_aliases()
+    out: dict[str, list[str]] = {}
+    for key, syns in (aliases or {}).items():
+        names = [str(s) for s in (syns or [])]
+        if str(key) not in shipped or names != shipped[str(key)]:
+            out[str(key)] = names
+    return out
+
+
 def data_config_from(cfg: Any, seed: int, root: Path | None = None) -> DataConfig:
-    """DataConfig from a Hydra/OmegaConf node (or dict)."""
+    """DataConfig from a Hydra/OmegaConf node (or dict).
+
+    In configs/train.yaml, ``data.markers``/``aliases``/``required_markers`` interpolate the
+    ``panel`` group, ``data.tiling`` the ``tiling`` group and ``data.expression_norm`` the
+    ``expression_norm`` group; any of them may also be set under ``data`` directly.
+    """
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
@@ -386,4 +430,10 @@ def data_config_from(cfg: Any, seed: int, root: Path | None = None) -> DataConfi
     # root and truth are read by the CLI/summary, not by the data module.
     d = {k: v for k, v in d.items() if not str(k).startswith("_") and k not in ("root", "truth")}
     split = SplitConfig(**(d.pop("split", None) or {}))
+    if d.get("aliases") is not None:
+        d["aliases"] = user_aliases(d["aliases"])
+    if d.get("tiling") is not None:
+        params = TilingParams.from_dict(dict(d["tiling"]))  # unknown keys are a ConfigError
+        d.update(tiling=params.to_dict(), tile_size=params.tile_size, mpp=params.mpp)
+        d["min_tissue"] = params.min_tissue
     return DataConfig(split=split, seed=seed, **d)

@@ -76,8 +76,13 @@ def make_split(
     test_cohort: str | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    require_test: bool = True,
 ) -> Split:
-    """Build a split from a patient table with columns patient_id, label, cohort, split."""
+    """Build a split from a patient table with columns patient_id, label, cohort, split.
+
+    A fixed split with no test patient is refused unless ``require_test=False`` (training a final
+    model on every patient), so a manifest without a ``split`` column never trains untested.
+    """
     if mode not in MODES:
         raise SplitError(f"split mode {mode!r} is not one of {MODES}")
     table = patients.set_index("patient_id")
@@ -94,6 +99,12 @@ def make_split(
         test = ids[tag == "test"]
         val = ids[tag == "val"]
         rest = ids[(tag != "test") & (tag != "val")]
+        if len(test) == 0 and require_test:
+            raise SplitError(
+                "split fixed: no labelled patient has split=test in the manifest; tag test "
+                "patients in a split column, use data.split.mode=kfold, or set "
+                "data.split.require_test=false to train on every patient"
+            )
         if len(val) == 0:
             rest, val = _stratified_holdout(rest, labels.loc[rest].to_numpy(), val_fraction, seed)
         name = "fixed"

@@ -82,7 +82,13 @@ def _read_frame(path: Path, sep: str | None, id_column: str | None) -> pd.DataFr
         if sep is None:
             stem = name[:-3] if name.endswith(".gz") else name
             sep = "\t" if stem.endswith((".tsv", ".txt", ".tab")) else ","
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        # header=None keeps an exactly repeated header as two columns of the same name (pandas
+        # would rename the second "CD8A.1"), so duplicated genes are averaged like any other.
+        raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, header=None)
+        if raw.shape[0] == 0:
+            raise pd.errors.EmptyDataError("no header row")
+        df = raw.iloc[1:].reset_index(drop=True)
+        df.columns = pd.Index([str(c) for c in raw.iloc[0]], dtype=object)
     except FileNotFoundError as err:
         raise _fail(path, "expression file not found") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
