@@ -27,7 +27,7 @@ def test_inspect_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "channels (2): DAPI, CD8" in capsys.readouterr().out
     bad = tmp_path / "bad.tif"
     bad.write_text("nope")
-    assert inspect_main([str(bad)]) == 1
+    assert inspect_main([str(bad)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {bad}: not a TIFF file (header b'nope')"
 
 

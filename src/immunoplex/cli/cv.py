@@ -10,16 +10,15 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, open_dict
 
-from immunoplex.cli.common import friendly_errors
-from immunoplex.paths import config_dir
+from immunoplex.cli.checks import validate_train
+from immunoplex.cli.common import hydra_app
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-@friendly_errors
-def _main(cfg: DictConfig) -> None:
+@hydra_app("train", validate_train)
+def main(cfg: DictConfig) -> None:
+    """Run (or collect) every fold of a patient-level CV."""
     from immunoplex.training.cv import collect_folds, run_cv
 
     collect = cfg.get("collect")
@@ -33,10 +32,6 @@ def _main(cfg: DictConfig) -> None:
         table = run_cv(cfg)
     print((Path(cfg.paths.output_dir) / "cv_summary.md").read_text())
     print(f"{len(table)} fold(s); summary in {cfg.paths.output_dir}/cv_summary.csv")
-
-
-def main() -> None:
-    _main()
 
 
 if __name__ == "__main__":

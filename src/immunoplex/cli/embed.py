@@ -9,13 +9,12 @@ experiment=two_stage` afterwards finds every embedding in the cache.
 
 from __future__ import annotations
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from immunoplex.cli.common import friendly_errors
+from immunoplex.cli.checks import validate_train
+from immunoplex.cli.common import hydra_app
 from immunoplex.errors import ConfigError
-from immunoplex.paths import config_dir
 
 
 def embed(cfg: DictConfig) -> dict[str, int]:
@@ -38,15 +37,11 @@ def embed(cfg: DictConfig) -> dict[str, int]:
     return attach_embeddings(dm, encoder, device, shard, num_shards, progress=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-@friendly_errors
-def _main(cfg: DictConfig) -> None:
+@hydra_app("train", validate_train)
+def main(cfg: DictConfig) -> None:
+    """Embed this shard's slides into the embedding cache."""
     report = embed(cfg)
     print(f"embeddings: {report['computed']} computed, {report['cached']} already cached")
-
-
-def main() -> None:
-    _main()
 
 
 if __name__ == "__main__":

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from immunoplex.errors import ConfigError, ImmunoplexError
-from immunoplex.paths import config_dir
+from immunoplex.cli.checks import validate_eval
+from immunoplex.cli.common import hydra_app
+from immunoplex.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -63,19 +62,11 @@ def _summary(result: dict[str, Any], out_dir: str) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        result = run(cfg)
-    except ImmunoplexError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+@hydra_app("eval", validate_eval)
+def main(cfg: DictConfig) -> None:
+    """Console-script entry point: evaluate, write the report, print a summary."""
+    result = run(cfg)
     print(_summary(result, cfg.out_dir))
-
-
-def main() -> None:
-    """Console-script entry point."""
-    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from immunoplex.errors import ImmunoplexError
-from immunoplex.paths import config_dir
+from immunoplex.cli.checks import validate_predict
+from immunoplex.cli.common import hydra_app
 
 
 def _summary(df, out_dir: str) -> str:  # type: ignore[no-untyped-def]
@@ -25,18 +22,6 @@ def _summary(df, out_dir: str) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-def _hydra_main(cfg: DictConfig) -> None:
-    from immunoplex.inference.run import predict
-
-    try:
-        df = predict(cfg)
-    except ImmunoplexError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(_summary(df, str(cfg.out_dir)))
-
-
 # `expression=PATH` is accepted as the documented spelling of the config key `expression_file`.
 ARG_ALIASES = {"expression": "expression_file"}
 
@@ -50,10 +35,13 @@ def rewrite_args(argv: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
-    """Console-script entry point."""
-    sys.argv[1:] = rewrite_args(sys.argv[1:])
-    _hydra_main()
+@hydra_app("predict", validate_predict, rewrite_argv=rewrite_args)
+def main(cfg: DictConfig) -> None:
+    """Console-script entry point: predict, write the outputs, print a summary."""
+    from immunoplex.inference.run import predict
+
+    df = predict(cfg)
+    print(_summary(df, str(cfg.out_dir)))
 
 
 if __name__ == "__main__":

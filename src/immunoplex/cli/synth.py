@@ -6,13 +6,11 @@ every setting (sizes, truth effect sizes, rendering, gene sets).
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from immunoplex.errors import ConfigError, ImmunoplexError
-from immunoplex.paths import config_dir
+from immunoplex.cli.checks import validate_synth
+from immunoplex.cli.common import hydra_app
+from immunoplex.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> None:
@@ -32,18 +30,10 @@ def run(cfg: DictConfig) -> None:
     print(summary.format())
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="synth")
-def _app(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ImmunoplexError as err:
-        print(f"immunoplex-synth: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def main() -> None:
+@hydra_app("synth", validate_synth)
+def main(cfg: DictConfig) -> None:
     """Console-script entry point."""
-    _app()
+    run(cfg)
 
 
 if __name__ == "__main__":

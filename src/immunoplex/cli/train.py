@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from immunoplex.cli.common import friendly_errors
-from immunoplex.paths import config_dir
+from immunoplex.cli.checks import validate_train
+from immunoplex.cli.common import hydra_app
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -39,9 +38,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-@friendly_errors
-def _main(cfg: DictConfig) -> float | None:
+@hydra_app("train", validate_train)
+def main(cfg: DictConfig) -> float | None:
+    """Train one model (``configs/train.yaml``); returns the validation AUROC for sweepers."""
     from immunoplex.training.run import train
 
     summary = train(cfg)
@@ -50,10 +49,6 @@ def _main(cfg: DictConfig) -> float | None:
         metric = summary.get("val_auroc")
         return float(metric) if metric is not None else None
     return None
-
-
-def main() -> None:
-    _main()
 
 
 if __name__ == "__main__":
