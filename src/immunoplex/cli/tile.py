@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from immunoplex.errors import ImmunoplexError, ManifestError
-from immunoplex.paths import config_dir
 from immunoplex.utils.atomic import write_csv
 from immunoplex.utils.tables import MISSING_TEXT, read_table
 
@@ -197,17 +195,18 @@ def tile_cohort(cfg: DictConfig | dict[str, Any]) -> TileRunSummary:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="tile")
-def _hydra_main(cfg: DictConfig) -> None:
-    from immunoplex.cli.common import friendly_errors
-
-    summary = friendly_errors(tile_cohort)(cfg)
+def _run(cfg: DictConfig) -> None:
+    """Console-script entry point: tile every slide; exit 1 when every slide was skipped."""
+    summary = tile_cohort(cfg)
     if summary.skipped and not summary.done and not summary.already:
         raise SystemExit(1)
 
 
 def main() -> None:
-    _hydra_main()
+    from immunoplex.cli.checks import validate_tile
+    from immunoplex.cli.common import hydra_app
+
+    hydra_app("tile", validate_tile)(_run)()
 
 
 if __name__ == "__main__":
