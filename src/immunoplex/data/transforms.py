@@ -7,7 +7,7 @@ Augmentation randomness comes from an explicit generator so a resumed run replay
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,3 +106,31 @@ def augment_tiles(
         x = x * keep[:, None, :, None, None].to(x.dtype)
     x = x * tile_mask[:, :, None, None, None].to(x.dtype)
     return x, channel_mask
+
+
+def encode_tile_batches(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[slice | np.ndarray, torch.Tensor]],
+    n: int,
+    device: torch.device | str,
+    dim: int = 1,
+) -> torch.Tensor:
+    """The one tile -> embedding loop (training's embedding cache, streamed and held inference).
+
+    ``batches`` yields ``(rows, normalised tiles (M, C, T, T))`` in any order (a generator, so a
+    caller can read the next batch while this one is encoded and hold one batch at a time);
+    ``encode`` maps tiles to (M, D). Returns the (n, D) embeddings, ``rows`` placing each batch
+    ((0, ``dim``) zeros when there are no tiles).
+    """
+    out: torch.Tensor | None = None
+    for rows, x in batches:
+        h = encode(x)
+        if out is None:
+            out = torch.empty((n, h.shape[1]), dtype=h.dtype, device=h.device)
+        if isinstance(rows, np.ndarray):
+            out[torch.from_numpy(rows).to(h.device)] = h
+        else:
+            out[rows] = h
+    if out is None:
+        return torch.zeros((0, dim), device=device)
+    return out

@@ -3,7 +3,7 @@ and the batch helpers that turn one patient's slides into the model's inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from immunoplex.data.clinical import ClinicalEncoder
-from immunoplex.data.transforms import normalise_tiles
+from immunoplex.data.transforms import encode_tile_batches, normalise_tiles
 from immunoplex.errors import ConfigError
 from immunoplex.evaluation.calibration import Calibration
 from immunoplex.expression.normalise import ExpressionNormalizer
@@ -165,23 +165,21 @@ def embed_bag(
     if occlude is not None:
         cm = cm.clone()
         cm[occlude] = False
-    parts = []
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        sub = {
-            "tiles": batch["tiles"][:, a:b].to(device),
-            "tile_low": batch["tile_low"][:, a:b].to(device),
-            "tile_high": batch["tile_high"][:, a:b].to(device),
-        }
-        x = normalise_tiles(sub)[0]  # (M, C, T, T)
-        if occlude is not None:
-            x[:, occlude] = 0.0
-        m = x.shape[0]
-        parts.append(model.embed_tiles(x, cm[None, :].expand(m, -1)))
-    if not parts:
-        dim = int(getattr(model, "tile_embedding_dim", 1))
-        return torch.zeros((0, dim), device=device)
-    return torch.cat(parts)
+
+    def batches() -> Iterator[tuple[slice, torch.Tensor]]:
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            sub = {k: batch[k][:, a:b].to(device) for k in ("tiles", "tile_low", "tile_high")}
+            x = normalise_tiles(sub)[0]  # (M, C, T, T)
+            if occlude is not None:
+                x[:, occlude] = 0.0
+            yield slice(a, b), x
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1))
+
+    dim = int(getattr(model, "tile_embedding_dim", 1))
+    return encode_tile_batches(encode, batches(), n, device, dim)
 
 
 def model_batch(

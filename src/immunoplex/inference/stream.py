@@ -12,7 +12,7 @@ streamed and cached predictions are identical.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from immunoplex.data.bags import SlideTiles
-from immunoplex.data.transforms import tile_normaliser
+from immunoplex.data.transforms import encode_tile_batches, tile_normaliser
 from immunoplex.io import Slide, open_slide
 from immunoplex.io.panel import Panel, PanelMatch, match_panel
 from immunoplex.tiles.grid import make_tile_grid, read_order, read_tiles
@@ -158,23 +158,20 @@ def embed_streamed(
             return lazy.read(batches[k], bufs[k % 2])
         return pool.submit(lazy.read, batches[k], bufs[k % 2])
 
-    out: torch.Tensor | None = None
-    try:
+    def normalised() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pending = fetch(0) if batches else None
         for k, sel in enumerate(batches):
             assert pending is not None
             tiles = pending.result() if isinstance(pending, Future) else pending
             # the buffer being filled next is the other one: ``tiles`` stays valid until encoded
             pending = fetch(k + 1) if k + 1 < len(batches) else None
-            h = encode(normalise(tiles))
-            if out is None:
-                out = torch.empty((n, h.shape[1]), dtype=h.dtype, device=device)
-            out[torch.from_numpy(sel).to(device)] = h
+            yield sel, normalise(tiles)
+
+    try:
+        out = encode_tile_batches(encode, normalised(), n, device)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-    if out is None:
-        return torch.zeros((0, 1), device=device)
     return out
 
 

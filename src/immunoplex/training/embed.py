@@ -21,7 +21,7 @@ from torch import nn
 
 from immunoplex.data.bags import SlideTiles
 from immunoplex.data.datamodule import ResponseDataModule
-from immunoplex.data.transforms import tile_normaliser
+from immunoplex.data.transforms import encode_tile_batches, tile_normaliser
 from immunoplex.errors import CheckpointError, ConfigError
 from immunoplex.tiles.intensity import IntensityNorm
 from immunoplex.training.checkpoint import build_model, load_checkpoint
@@ -129,19 +129,22 @@ def embed_slide(
     assert st.tiles is not None
     n = st.n_tiles
     dim = int(model.tile_embedding_dim)
-    out = np.empty((n, dim), dtype=np.float32)
     cmask = torch.from_numpy(st.present).to(device)
     dev_type = torch.device(device).type
     norm = IntensityNorm(st.low.tolist(), st.high.tolist(), st.present.tolist())
     tile_px = int(np.prod(st.tiles.shape[2:]))
     normalise = tile_normaliser(np.dtype(st.tiles.dtype), norm, torch.device(device), n * tile_px)
-    for start in range(0, n, batch_size):
-        x = normalise(np.asarray(st.tiles[start : start + batch_size]))
-        m = x.shape[0]
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast):
-            h = model.embed_tiles(x, cmask.expand(m, -1))
-        out[start : start + m] = h.float().cpu().numpy()
-    return out
+            h = model.embed_tiles(x, cmask.expand(x.shape[0], -1))
+        return h.float().cpu()  # one batch on the device at a time; the slide's rows on the host
+
+    batches = (
+        (slice(a, a + batch_size), normalise(np.asarray(st.tiles[a : a + batch_size])))
+        for a in range(0, n, batch_size)
+    )
+    return encode_tile_batches(encode, batches, n, "cpu", dim).numpy()
 
 
 def embed_slides(
