@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from immunoplex.errors import ExpressionError
+from immunoplex.errors import ConfigError, ExpressionError
 from immunoplex.expression.normalise import ExpressionNormalizer
 
 
@@ -42,8 +42,52 @@ def _default_model_config() -> Path | None:
     return path if path.is_file() else None
 
 
+def _compose_model_config(path: Path) -> Any:
+    """``configs/model/<name>.yaml`` with a defaults list: ``cfg.model`` of ``train model=name``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = path.resolve().parent.parent
+    if path.resolve().parent.name != "model" or not (root / "train.yaml").is_file():
+        raise ConfigError(
+            f"{path}: a model config with a defaults list must be <configs>/model/<name>.yaml"
+        )
+    if GlobalHydra.instance().is_initialized():
+        raise ConfigError(f"{path}: cannot compose a model config inside a running Hydra app")
+    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+        return compose("train", overrides=[f"model={path.stem}"]).model
+
+
+def load_model_config(path: str | Path) -> dict[str, Any]:
+    """A model config file as plain data (its own ``${...}`` resolved); not yet checked."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors come in many types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{path}: cannot read the model config ({reason[:200]})") from err
+    if not OmegaConf.is_dict(cfg):
+        raise ConfigError(f"{path}: a model config must be a mapping")
+    if "defaults" in cfg:
+        cfg = _compose_model_config(path)
+    elif "_target_" not in cfg and "model" in cfg:
+        cfg = cfg.model
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(plain, dict):
+        raise ConfigError(f"{path}: the model config must be a mapping")
+    return plain
+
+
 def build_expression_only_model(n_genes: int, gene_names: Sequence[str], config: str | None) -> Any:
-    """ResponseModel with the expression modality only (from a Hydra model config if given)."""
+    """ResponseModel with the expression modality only (from a model config if given).
+
+    The config is built through the closed model registry (:mod:`immunoplex.models.registry`):
+    a ``_target_`` that is not exactly a registered model class is refused before anything is
+    built, with a one-line ConfigError naming the file.
+    """
+    from immunoplex.models.registry import instantiate_model
     from immunoplex.models.response_model import ResponseModel
 
     dims = {
@@ -56,13 +100,14 @@ def build_expression_only_model(n_genes: int, gene_names: Sequence[str], config:
     }
     path = Path(config) if config else _default_model_config()
     if path is not None:
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.load(path)
-        cfg = cfg.get("model", cfg) if "_target_" not in cfg else cfg
-        return instantiate(
-            cfg, **dims, modalities=["expression"], treatment_mode="none", use_clinical=False
+        return instantiate_model(
+            load_model_config(path),
+            where=f"{path}: model",
+            error=ConfigError,
+            **dims,
+            modalities=["expression"],
+            treatment_mode="none",
+            use_clinical=False,
         )
     return ResponseModel(**dims, modalities=["expression"], treatment_mode="none")
 

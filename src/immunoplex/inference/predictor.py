@@ -70,7 +70,7 @@ class Predictor:
         meta = ckpt["immunoplex"]
         data = meta.get("data") or {}
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        model = model_from_checkpoint(ckpt).to(dev).eval()
+        model = model_from_checkpoint(ckpt, path).to(dev).eval()
         panel_d = data.get("panel") or {"markers": meta["dims"].get("markers") or []}
         panel = Panel.from_dict(panel_d)
         intensity = data.get("intensity") or {}

@@ -1,11 +1,13 @@
 """Models: tile encoders, the panel-agnostic marker encoder, MIL aggregators, the expression
-encoder, fusion modules and ``ResponseModel`` (see docs/models.md)."""
+encoder, fusion modules and ``ResponseModel`` (see docs/models.md); ``MODEL_CLASSES`` is the closed
+registry of the classes a model config or checkpoint may name (models/registry.py)."""
 
 from immunoplex.models.aggregators import GatedAttentionMIL, MaxMIL, MeanMIL, TransformerMIL
 from immunoplex.models.encoders import SmallCNN, TorchvisionEncoder, inflate_conv_weight
 from immunoplex.models.expression import ExpressionEncoder, resolve_gene_sets
 from immunoplex.models.fusion import ConcatFusion, CrossAttentionFusion, GatedBilinearFusion
 from immunoplex.models.marker_encoder import MarkerEncoder
+from immunoplex.models.registry import MODEL_CLASSES, instantiate_model
 from immunoplex.models.response_model import ResponseModel
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "ExpressionEncoder",
     "GatedAttentionMIL",
     "GatedBilinearFusion",
+    "MODEL_CLASSES",
     "MarkerEncoder",
     "MaxMIL",
     "MeanMIL",
@@ -22,5 +25,6 @@ __all__ = [
     "TorchvisionEncoder",
     "TransformerMIL",
     "inflate_conv_weight",
+    "instantiate_model",
     "resolve_gene_sets",
 ]

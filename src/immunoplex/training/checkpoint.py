@@ -3,8 +3,10 @@
 A checkpoint is Lightning's dict plus ``checkpoint["immunoplex"]``: the resolved config, the panel
 and aliases, tiling and intensity parameters, genes and expression normalisation, clinical
 statistics, treatments, label names, calibration and software versions. Loading never executes
-code from the file: ``torch.load(weights_only=True)`` and models are rebuilt only from
-``_target_``s inside the project's own namespace.
+code from the file: ``torch.load(weights_only=True)``, and the model is rebuilt only from the
+closed registry of model classes (:mod:`immunoplex.models.registry`): every ``_target_`` at every
+depth must be exactly a registry key, and the classes are built from the registry's own class
+objects, never imported by name (Hydra's ``instantiate`` never sees file data).
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ import torch
 from omegaconf import OmegaConf
 
 from immunoplex.errors import CheckpointError
+from immunoplex.models.registry import MODEL_CLASSES, instantiate_model
+from immunoplex.models.registry import check_targets as _check_registry
 from immunoplex.utils.atomic import atomic_path, fsync_file
 
 SCHEMA_VERSION = 1
-ALLOWED_TARGET_PREFIXES = ("immunoplex.",)
+__all__ = [
+    "MODEL_CLASSES",
+    "SCHEMA_VERSION",
+    "atomic_save",
+    "build_model",
+    "check_targets",
+    "load_checkpoint",
+    "model_from_checkpoint",
+]
 
 
 def software_versions() -> dict[str, str]:
@@ -42,27 +54,34 @@ def software_versions() -> dict[str, str]:
 
 
 def check_targets(node: Any, where: str = "model") -> None:
-    """Refuse any ``_target_`` outside the project's namespace (no arbitrary callables)."""
+    """Refuse a model config unless every ``_target_`` in it (mappings and lists, any depth) is
+    exactly a registered model class; one-line :class:`CheckpointError` naming the place."""
+    _check_registry(node, where, CheckpointError)
+
+
+def _plain(node: Any) -> Any:
+    """OmegaConf nodes (a training run's own composed config) -> plain containers."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
     if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-            raise CheckpointError(
-                f"{where}: _target_ {target!r} is not an immunoplex class; refusing to build it"
-            )
-        for key, value in node.items():
-            check_targets(value, f"{where}.{key}")
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            check_targets(value, f"{where}[{i}]")
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    return node
 
 
-def build_model(model_cfg: Mapping[str, Any], dims: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate a model config (allow-listed targets only) with the data's dimensions."""
-    from hydra.utils import instantiate
-
-    check_targets(model_cfg)
-    node = OmegaConf.create(dict(model_cfg))
-    return instantiate(node, **dict(dims), _convert_="all")
+def build_model(
+    model_cfg: Mapping[str, Any], dims: Mapping[str, Any], where: str = "model"
+) -> torch.nn.Module:
+    """Build a model config with the data's dimensions, from registered model classes only."""
+    if not isinstance(dims, Mapping):
+        raise CheckpointError(f"{where}: dims is not a mapping")
+    model = instantiate_model(
+        _plain(model_cfg), where=where, error=CheckpointError, **_plain(dict(dims))
+    )
+    if not isinstance(model, torch.nn.Module):  # e.g. a top-level ``_partial_: true``
+        raise CheckpointError(f"{where}: the model config does not build a model")
+    return model
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -102,23 +121,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"immunoplex ({SCHEMA_VERSION}); upgrade immunoplex"
         )
     check_targets(model_cfg, f"{path}: model")
+    check_targets(meta.get("dims", {}), f"{path}: dims")  # dims are merged into the model config
     return ckpt
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild the network from a loaded checkpoint and load its weights (strict)."""
+def model_from_checkpoint(
+    ckpt: Mapping[str, Any], path: str | Path | None = None
+) -> torch.nn.Module:
+    """Rebuild the network from a loaded checkpoint (registry classes only) and load its weights
+    (strict); ``path`` names the file in errors."""
     meta = ckpt["immunoplex"]
-    model = build_model(meta["model"], meta["dims"])
+    src = f"{path}: " if path is not None else ""
+    where = f"{src}model"
+    model = build_model(meta["model"], meta.get("dims", {}), where)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         reason = str(err).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"checkpoint weights do not fit the model ({reason[:200]})") from err
+        raise CheckpointError(
+            f"{src}checkpoint weights do not fit the model ({reason[:200]})"
+        ) from err
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint weights do not fit the model: missing {missing[:3]}, "
+            f"{src}checkpoint weights do not fit the model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
     model.eval()
