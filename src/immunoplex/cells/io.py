@@ -32,7 +32,7 @@ def to_anndata(table: CellTable) -> Any:
     obs = table.obs.copy()
     for col in obs.columns:
         if obs[col].dtype == object:
-            obs[col] = obs[col].astype(str)
+            obs[col] = obs[col].astype(str).astype("category")
     var = pd.DataFrame({"channel": [str(c) for c in table.channels]}, index=table.markers)
     var.index.name = "marker"
     adata = ad.AnnData(X=np.asarray(table.X, np.float32), obs=obs, var=var)

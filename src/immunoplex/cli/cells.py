@@ -1,0 +1,203 @@
+"""``immunoplex-cells``: segment, measure and phenotype every slide; cohort spatial features.
+
+Slides run in a process pool (``workers``) with a progress bar; a slide whose ``cells.h5ad`` and
+``settings.json`` exist with the same settings is skipped. Unreadable slides are listed in
+``skipped.csv`` and the run goes on. See ``configs/cells.yaml`` and docs/cells.md.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from immunoplex.errors import ImmunoplexError, ManifestError
+from immunoplex.paths import config_dir
+
+
+def read_slides(c: DictConfig) -> list[dict[str, Any]]:
+    """(slide_id, image, patient_id, mpp) rows from ``manifest`` or the single ``slide``."""
+    if c.get("slide"):
+        p = Path(str(c.slide))
+        sid = str(c.get("slide_id") or p.name.split(".")[0])
+        return [{"slide_id": sid, "image": str(p), "patient_id": sid, "mpp": c.get("mpp")}]
+    if not c.get("manifest"):
+        raise ManifestError("give manifest=<csv> or slide=<image>")
+    path = Path(str(c.manifest))
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    df = pd.read_csv(path)
+    missing = [k for k in ("slide_id", "image") if k not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    if df["slide_id"].duplicated().any():
+        raise ManifestError(f"{path}: duplicated slide_id(s)")
+    rows = []
+    for i, r in df.iterrows():
+        if pd.isna(r["image"]) or pd.isna(r["slide_id"]):
+            raise ManifestError(f"{path}: row {int(i) + 2} has an empty slide_id or image")
+        mpp = r.get("mpp") if "mpp" in df.columns and not pd.isna(r.get("mpp")) else c.get("mpp")
+        pid = r.get("patient_id") if "patient_id" in df.columns else None
+        rows.append({
+            "slide_id": str(r["slide_id"]),
+            "image": str(path.parent / str(r["image"])),
+            "patient_id": str(r["slide_id"] if pid is None or pd.isna(pid) else pid),
+            "mpp": None if mpp is None else float(mpp),
+        })  # fmt: skip
+    return rows
+
+
+def _settings(c: DictConfig) -> dict[str, Any]:
+    keys = ("segmentation", "compartments", "phenotypes", "outputs", "tissue_um", "channels")
+    out = {k: OmegaConf.to_container(c[k], resolve=True) if OmegaConf.is_config(c[k]) else c[k]
+           for k in keys}  # fmt: skip
+    out["aliases"] = OmegaConf.to_container(c.panel.get("aliases") or {}, resolve=True)
+    return out
+
+
+def cell_slide(job: dict[str, Any]) -> dict[str, Any]:
+    """One slide end to end in a worker; errors become ``status='skipped'``."""
+    from immunoplex.cells.phenotype import PhenotypeScheme
+    from immunoplex.cells.pipeline import run_slide
+    from immunoplex.cells.quantify import CompartmentParams
+    from immunoplex.cells.segment import SegmentParams
+    from immunoplex.io import open_slide
+    from immunoplex.utils.atomic import write_json
+
+    s = job["settings"]
+    row = {"slide_id": job["slide_id"], "image": job["image"]}
+    try:
+        scheme = PhenotypeScheme.from_dict(s["phenotypes"], source="phenotypes")
+        with open_slide(job["image"], mpp=job["mpp"]) as slide:
+            if s.get("channels"):
+                names = [str(n) for n in s["channels"]]
+                if len(names) != len(slide.channels):
+                    raise ManifestError(
+                        f"{job['image']}: channels= names {len(names)} channels, the file has "
+                        f"{len(slide.channels)}"
+                    )
+                slide.channels = names
+            res = run_slide(
+                slide,
+                job["slide_id"],
+                job["dir"],
+                segment=SegmentParams.from_dict(s["segmentation"]),
+                compartments=CompartmentParams.from_dict(s["compartments"]),
+                scheme=scheme,
+                aliases=s["aliases"],
+                outputs=s["outputs"],
+                tissue_um=float(s["tissue_um"]),
+                qc_max_size=int(job["qc_max_size"]),
+            )
+        write_json(Path(job["dir"]) / "settings.json", s)
+        row.update(
+            status="done",
+            n_cells=len(res.table),
+            **{f"area_{k}_mm2": v for k, v in res.areas_mm2.items()},
+        )
+        if not len(res.table):
+            row["note"] = "no cells found"
+    except ImmunoplexError as err:
+        row.update(status="skipped", reason=str(err))
+    except Exception as err:  # one bad slide must not stop a cohort
+        row.update(status="skipped", reason=f"{job['image']}: {type(err).__name__}: {err}")
+    return row
+
+
+def _is_done(d: Path, settings: dict[str, Any]) -> bool:
+    try:
+        return (d / "cells.h5ad").is_file() and json.loads(
+            (d / "settings.json").read_text()
+        ) == json.loads(json.dumps(settings))
+    except (OSError, ValueError):
+        return False
+
+
+def cells_cohort(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run the cell stage over the slides of ``cfg`` (see configs/cells.yaml)."""
+    from tqdm import tqdm
+
+    from immunoplex.cells.io import read_h5ad
+    from immunoplex.cells.phenotype import PhenotypeScheme
+    from immunoplex.cells.spatial import SlideCells, SpatialParams, feature_catalogue, feature_table
+    from immunoplex.utils.atomic import write_csv
+
+    c = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    out = Path(str(c.out_dir))
+    settings = _settings(c)
+    scheme = PhenotypeScheme.from_dict(settings["phenotypes"], source="phenotypes")  # fail early
+    sp = OmegaConf.to_container(c.spatial, resolve=True)
+    spatial = SpatialParams(
+        radius_um=float(sp["radius_um"]),  # type: ignore[index]
+        nearest=tuple((str(a), str(b)) for a, b in sp["nearest"]),  # type: ignore[index]
+        tumour_type=str(sp["tumour_type"]),  # type: ignore[index]
+    )
+    rows = read_slides(c)
+    jobs, already = [], 0
+    for r in rows:
+        d = out / "slides" / r["slide_id"]
+        if not c.get("overwrite", False) and _is_done(d, settings):
+            already += 1
+            continue
+        jobs.append({**r, "dir": str(d), "settings": settings, "qc_max_size": c.qc_max_size})
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc="cells", unit="slide", disable=not c.get("progress", True),
+               file=sys.stderr)  # fmt: skip
+    results = []
+    workers = int(c.get("workers") or 1)
+    if workers <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            results.append(cell_slide(j))
+            bar.update()
+    else:
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            for f in as_completed([pool.submit(cell_slide, j) for j in jobs]):
+                results.append(f.result())
+                bar.update()
+    bar.close()
+    skipped = [r for r in results if r["status"] == "skipped"]
+    write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["slide_id", "image", "reason"]))
+    slides = []
+    for r in rows:
+        h5 = out / "slides" / r["slide_id"] / "cells.h5ad"
+        if h5.is_file():
+            t = read_h5ad(h5)
+            slides.append(SlideCells.from_table(t, t.uns.get("areas_mm2", {}), r["patient_id"]))
+    if slides:
+        write_csv(out / "cell_features.csv", feature_table(slides, scheme, spatial, "patient"))
+        write_csv(out / "slide_features.csv", feature_table(slides, scheme, spatial, "slide"))
+        write_csv(out / "cell_features_columns.csv", feature_catalogue(scheme, spatial))
+    done = [r for r in results if r["status"] == "done"]
+    print(f"cells: {len(done)} slide(s) done, {already} already done, {len(skipped)} skipped"
+          + (f" (see {out / 'skipped.csv'})" if skipped else ""), file=sys.stderr)  # fmt: skip
+    for r in done:
+        if r.get("note"):
+            print(f"  {r['slide_id']}: {r['note']}", file=sys.stderr)
+    for r in skipped:
+        print(f"  skipped {r['slide_id']}: {r['reason']}", file=sys.stderr)
+    return {"done": done, "skipped": skipped, "already": already, "out_dir": out}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="cells")
+def _hydra_main(cfg: DictConfig) -> None:
+    from immunoplex.cli.common import friendly_errors
+
+    summary = friendly_errors(cells_cohort)(cfg)
+    if summary["skipped"] and not summary["done"] and not summary["already"]:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
