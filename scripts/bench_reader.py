@@ -10,8 +10,11 @@ the slide itself reads serially inside each call). Repetitions are interleaved (
 then reader, raw...) after a warm-up of each, and medians compared. Optionally tifffile's zarr
 slicing as the generic baseline. ``--big`` writes a big x big x 8 slide tile by tile from a
 generator (zstd, SubIFD pyramid) and tiles + reads it in a subprocess, reporting peak RSS.
+OME-Zarr: the zstd slide's level 0 written by ``ome-zarr`` (zstd, one 256-px chunk per tile and
+channel), read by the OME-Zarr reader vs tifffile's own windowed read of the TIFF
+(``ngff_vs_tifffile_1t``; ``--ngff-only`` runs just that).
 Last line: ``RATIO uncompressed_1t=.. target>=0.8 PASS|MISS uncompressed_<N>t=.. zstd_1t=..
-zstd_<N>t=..`` (reader / raw limit, tiles/s).
+zstd_<N>t=.. ngff_vs_tifffile_1t=..`` (reader / raw limit, tiles/s).
 """
 
 from __future__ import annotations
@@ -204,6 +207,75 @@ def throughput(size: int, workdir: Path, reps: int) -> list[str]:
     return ratios
 
 
+def write_ngff(tif_path: Path, out: Path) -> Path:
+    """The TIFF's level 0 as an OME-Zarr (ome-zarr writer), zstd chunks of one tile x channel."""
+    import warnings
+
+    import zarr
+    from ome_zarr.writer import write_image
+
+    data = tifffile.imread(tif_path)
+    root = zarr.open_group(str(out), mode="w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_image(
+            data,
+            group=root,
+            axes="cyx",
+            scale_factors=(),
+            storage_options={
+                "chunks": (1, TILE, TILE),
+                "compressors": zarr.codecs.ZstdCodec(level=1),
+            },
+        )
+    return out
+
+
+def tifffile_tiles(path: Path, positions: list[tuple[int, int]]) -> float:
+    """Tiles/s of tifffile's own windowed read (its zarr store over the TIFF tiles)."""
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        z = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+        t = time.perf_counter()
+        for y, x in positions:
+            np.asarray(z[:, y : y + TILE, x : x + TILE])
+        return len(positions) / (time.perf_counter() - t)
+
+
+def ngff_tiles(path: Path, positions: list[tuple[int, int]]) -> float:
+    from immunoplex.io import open_slide
+
+    with open_slide(path) as s:
+        t = time.perf_counter()
+        for y, x in positions:
+            s.read_region(0, y, x, TILE, TILE)
+        return len(positions) / (time.perf_counter() - t)
+
+
+def ngff_ratio(size: int, workdir: Path, reps: int) -> str:
+    """OME-Zarr reader vs tifffile on the same data (zstd, 256-px chunks/tiles, 1 thread)."""
+    rng = np.random.default_rng(1)
+    n = size // TILE
+    positions = [
+        (int(y) * TILE, int(x) * TILE)
+        for y, x in zip(*np.unravel_index(rng.permutation(n * n), (n, n)), strict=True)
+    ]
+    tif = write_slide(workdir / "bench_ngff.ome.tif", size, "zstd")
+    z = write_ngff(tif, workdir / "bench.ome.zarr")
+    sides = [tifffile_tiles, ngff_tiles]
+    paths = {tifffile_tiles: tif, ngff_tiles: z}
+    for fn in sides:
+        fn(paths[fn], positions)
+    got: dict[object, list[float]] = {fn: [] for fn in sides}
+    for r in range(reps):
+        for fn in sides if r % 2 == 0 else sides[::-1]:
+            got[fn].append(fn(paths[fn], positions))
+    tf, ng = benchlib.median(got[tifffile_tiles]), benchlib.median(got[ngff_tiles])
+    print(f"ome-zarr     threads= 1  tifffile {tf:8.1f} tiles/s  ome-zarr reader {ng:8.1f} tiles/s")
+    return benchlib.ratio_line("ngff_vs_tifffile_1t", ng / tf, 0.8, ">=")
+
+
 BIG_CHILD = r"""
 import json, resource, sys, time
 from immunoplex.io import open_slide
@@ -246,11 +318,13 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="also run the huge-slide memory test")
     ap.add_argument("--big-size", type=int, nargs="+", default=[10000, 40000])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--ngff-only", action="store_true", help="only the OME-Zarr vs tifffile ratio")
     args = ap.parse_args()
     benchlib.print_machine()
     with tempfile.TemporaryDirectory(dir=args.workdir) as d:
         work = Path(d)
-        ratios = throughput(args.size, work, args.reps)
+        ratios = throughput(args.size, work, args.reps) if not args.ngff_only else []
+        ratios.append(ngff_ratio(min(args.size, 2048), work, args.reps))
         if args.big:
             for s in args.big_size:
                 big(s, work)

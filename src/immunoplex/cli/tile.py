@@ -62,6 +62,7 @@ def read_manifest(path: str | Path, default_mpp: float | None = None) -> list[di
                 "slide_id": str(r["slide_id"]),
                 "image": str(path.parent / str(r["image"])),
                 "mpp": mpp,
+                "channels": str(r["channels"]) if "channels" in df.columns else "",
             }
         )
     return rows
@@ -70,6 +71,7 @@ def read_manifest(path: str | Path, default_mpp: float | None = None) -> list[di
 def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
     """One slide: grid parquet + QC png. Returns a row; errors become ``status='skipped'``."""
     from immunoplex.io import open_slide
+    from immunoplex.io.names import manifest_names
     from immunoplex.tiles.grid import make_tile_grid, save_grid
     from immunoplex.tiles.params import TilingParams
     from immunoplex.tiles.qc import render_qc
@@ -77,7 +79,8 @@ def tile_slide(job: dict[str, Any]) -> dict[str, Any]:
     row = {"slide_id": job["slide_id"], "image": job["image"]}
     try:
         params = TilingParams.from_dict(job["params"])
-        with open_slide(job["image"], mpp=job["mpp"]) as slide:
+        names = manifest_names(job.get("channels"), f"slide {job['slide_id']}")
+        with open_slide(job["image"], mpp=job["mpp"], channel_names=names) as slide:
             aliases = job.get("aliases") or {}
             grid = make_tile_grid(slide, params, aliases)
             save_grid(grid, job["grid_path"], slide=slide, slide_id=job["slide_id"])

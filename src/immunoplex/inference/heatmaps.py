@@ -146,7 +146,7 @@ def write_slide_heatmaps(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    with open_slide(heat.path, mpp=heat.mpp_override) as slide:
+    with open_slide(heat.path, mpp=heat.mpp_override, channel_names=heat.channel_names) as slide:
         geo = Geometry.of(slide, heat.tiling_mpp)
         write_csv(out_dir / "tiles.csv", tile_table(heat, geo))
         files["tiles"] = "tiles.csv"

@@ -19,6 +19,9 @@ import pandas as pd
 from immunoplex.errors import ConfigError, ExpressionError, ManifestError
 from immunoplex.expression.genes import GeneReport, harmonise_genes
 from immunoplex.io.folder import TIFF_SUFFIXES, stem
+from immunoplex.io.imc import looks_like_imc_txt
+from immunoplex.io.names import ChannelNames, read_names_file
+from immunoplex.io.ngff import is_ngff
 from immunoplex.utils.tables import MISSING_TEXT, read_table, table_columns
 
 if TYPE_CHECKING:
@@ -26,15 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (*TIFF_SUFFIXES, ".qptiff", ".btf")
+SLIDE_SUFFIXES = (*TIFF_SUFFIXES, ".qptiff", ".btf", ".mcd")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
 
 @dataclass
 class SlideInput:
     slide_id: str
-    path: Path
+    path: Path  # an IMC .mcd acquisition is 'file.mcd#<id>'
     mpp: float | None = None
+    channel_names: ChannelNames | None = None  # from the manifest 'channels' or a names file
 
 
 @dataclass
@@ -72,6 +76,27 @@ def is_folder_slide(folder: Path) -> bool:
     return len(shapes) == 1
 
 
+def is_imc_txt(path: Path) -> bool:
+    """A raw IMC text export (header starting with ``Start_push``), not a manifest."""
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return looks_like_imc_txt(Path("x.bin"), fh.read(16))
+
+
+def _expand_mcd(p: Path) -> list[tuple[str, Path]]:
+    """(slide id, path) per acquisition of an .mcd (``<stem>#<id>``); other slides as given."""
+    sid = stem(p) if p.is_file() else p.name
+    if not (p.is_file() and p.suffix.lower() == ".mcd"):
+        return [(sid, p)]
+    from immunoplex.io.mcd import acquisitions
+
+    acqs = acquisitions(p)
+    if len(acqs) == 1:
+        return [(sid, p)]
+    return [(f"{sid}#{i}", Path(f"{p}#{i}")) for i, _ in acqs]
+
+
 def _slides_in_folder(folder: Path) -> list[Path]:
     out = []
     for p in sorted(folder.iterdir()):
@@ -79,9 +104,9 @@ def _slides_in_folder(folder: Path) -> list[Path]:
             continue
         if (
             p.is_file()
-            and p.name.lower().endswith(SLIDE_SUFFIXES)
+            and (p.name.lower().endswith(SLIDE_SUFFIXES) or is_imc_txt(p))
             or p.is_dir()
-            and is_folder_slide(p)
+            and (is_ngff(p) or is_folder_slide(p))
         ):
             out.append(p)
     return out
@@ -93,25 +118,29 @@ def collect_inputs(
     mpp: float | None = None,
     kind: str = "auto",
     cohort: str | None = None,
+    names_file: str | Path | None = None,
 ) -> list[PatientInput]:
     """Patients to predict from a slide, a folder of slides, a folder slide or a manifest.
 
     A manifest groups slides by ``patient_id`` (as in training); otherwise each slide is its own
     patient named by the slide's file stem. ``mpp`` is the µm/px override for files lacking it
-    (a manifest ``mpp`` column takes precedence per slide).
+    (a manifest ``mpp`` column takes precedence per slide). ``names_file`` names the channels of
+    slides that carry no names (below a manifest ``channels`` cell and a ``panel.csv``). Each
+    acquisition of an IMC ``.mcd`` is a slide (``<stem>#<id>``).
     """
     path = Path(input_path)
+    names = read_names_file(names_file) if names_file else None
     if not path.exists():
         raise ConfigError(f"{path}: input not found")
     if kind == "auto":
         if path.is_file() and path.name.lower().endswith(MANIFEST_SUFFIXES):
-            kind = "manifest"
-        elif path.is_file() or is_folder_slide(path):
+            kind = "slide" if is_imc_txt(path) else "manifest"
+        elif path.is_file() or is_ngff(path) or is_folder_slide(path):
             kind = "slide"
         else:
             kind = "folder"
     if kind == "manifest":
-        return _manifest_inputs(path, clinical_columns, mpp, cohort)
+        return _manifest_inputs(path, clinical_columns, mpp, cohort, names)
     if kind == "slide":
         slides = [path]
     elif kind == "folder":
@@ -124,19 +153,22 @@ def collect_inputs(
         raise ConfigError(f"input_kind {kind!r} must be auto, slide, folder or manifest")
     out: list[PatientInput] = []
     seen: dict[str, Path] = {}
-    for p in slides:
-        sid = stem(p) if p.is_file() else p.name
+    for p, sid in ((q, s) for f in slides for s, q in _expand_mcd(f)):
         if sid in seen:
             raise ManifestError(f"{p}: slide id {sid!r} also used by {seen[sid]}")
         seen[sid] = p
-        out.append(PatientInput(sid, [SlideInput(sid, p, mpp)], cohort=cohort))
+        out.append(PatientInput(sid, [SlideInput(sid, p, mpp, names)], cohort=cohort))
     return out
 
 
 def _manifest_inputs(
-    path: Path, clinical_columns: Sequence[str], mpp: float | None, cohort: str | None
+    path: Path,
+    clinical_columns: Sequence[str],
+    mpp: float | None,
+    cohort: str | None,
+    names: ChannelNames | None = None,
 ) -> list[PatientInput]:
-    from immunoplex.data.cohort import load_cohort
+    from immunoplex.data.cohort import load_cohort, slide_channel_names
 
     header = set(table_columns(path, "manifest"))
     cols = [c for c in clinical_columns if c in header]
@@ -149,7 +181,8 @@ def _manifest_inputs(
         for row in group.itertuples():
             row_mpp = getattr(row, "mpp", None)
             smpp = mpp if row_mpp is None or pd.isna(row_mpp) else float(row_mpp)
-            slides.append(SlideInput(str(row.slide_id), Path(row.image_path), smpp))
+            given = slide_channel_names(row) or names
+            slides.append(SlideInput(str(row.slide_id), Path(row.image_path), smpp, given))
         prow = patients.loc[pid]
         treatment = str(prow.get("treatment", "") or "").strip() or None
         clinical = {c: float(prow[c]) for c in cols if not pd.isna(prow[c])}

@@ -30,6 +30,7 @@ class PredictOptions:
     treatment: str | None = None
     cohort: str | None = None
     mpp: float | None = None
+    channel_names: str | None = None  # names file for slides whose files name no channels
     device: str = "auto"
     heatmaps: bool = True
     markers_for_composite: list[str] = field(default_factory=lambda: ["DAPI", "PanCK", "CD8"])
@@ -76,6 +77,7 @@ class PredictOptions:
         return {
             "treatment": self.treatment,
             "mpp": self.mpp,
+            "channel_names": self.channel_names,
             "heatmaps": self.heatmaps,
             "markers_for_composite": list(self.markers_for_composite),
             "top_k": self.top_k,

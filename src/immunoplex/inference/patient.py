@@ -68,7 +68,14 @@ def _slide_info(
 def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, dict[str, Any]]:
     """Tile one slide into the tile cache (explanations need the pixels); its output info."""
     pred = ctx.pred
-    ts = ctx.cache.load_or_build(s.path, pred.panel, pred.params, mpp=s.mpp, required=pred.required)
+    ts = ctx.cache.load_or_build(
+        s.path,
+        pred.panel,
+        pred.params,
+        mpp=s.mpp,
+        required=pred.required,
+        channel_names=s.channel_names,
+    )
     info = _slide_info(s, len(ts.coords), ts.slide_channels, ts.channels, ts.present)
     if len(ts.coords) == 0:
         return None, info
@@ -134,7 +141,13 @@ def _streamed_slides(
         for s in p.slides:
             try:
                 o = open_for_streaming(
-                    s.path, s.slide_id, pred.panel, pred.params, s.mpp, pred.required
+                    s.path,
+                    s.slide_id,
+                    pred.panel,
+                    pred.params,
+                    s.mpp,
+                    pred.required,
+                    s.channel_names,
                 )
             except ImmunoplexError as err:
                 _skip_or_raise(ctx, err, errors)
@@ -335,6 +348,7 @@ def _write_slide_results(
                 slide_id=sid,
                 path=src.path,
                 mpp_override=src.mpp,
+                channel_names=src.channel_names,
                 coords=st.coords,
                 tile_size=pred.params.tile_size,
                 tiling_mpp=pred.params.mpp,

@@ -48,7 +48,12 @@ def predict(cfg: Any) -> pd.DataFrame:
         patients = expression_only_inputs(opts.expression, opts.cohort)
     else:
         patients = collect_inputs(
-            opts.input, pred.clinical_columns, opts.mpp, opts.input_kind, opts.cohort
+            opts.input,
+            pred.clinical_columns,
+            opts.mpp,
+            opts.input_kind,
+            opts.cohort,
+            names_file=opts.channel_names,
         )
     dup = pd.Series([p.patient_id for p in patients]).duplicated()
     if dup.any():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ class SlideHeat:
     patient_id: str = ""
     probability: float | None = None
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    channel_names: Any = None  # io.names.ChannelNames from outside the file (manifest, names file)
 
     @property
     def attention_rel(self) -> np.ndarray:

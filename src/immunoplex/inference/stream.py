@@ -24,6 +24,7 @@ import torch
 from immunoplex.data.bags import SlideTiles
 from immunoplex.data.transforms import encode_tile_batches, tile_normaliser
 from immunoplex.io import Slide, open_slide
+from immunoplex.io.names import ChannelNames
 from immunoplex.io.panel import Panel, PanelMatch, match_panel
 from immunoplex.tiles.grid import make_tile_grid, read_order, read_tiles
 from immunoplex.tiles.intensity import IntensityNorm
@@ -70,9 +71,10 @@ def open_for_streaming(
     params: TilingParams,
     mpp: float | None,
     required: Sequence[str] | None,
+    channel_names: ChannelNames | None = None,
 ) -> OpenedSlide:
     """Open, match the panel by name and build the tile grid (tissue detection) of one slide."""
-    slide = open_slide(path, mpp=mpp)
+    slide = open_slide(path, mpp=mpp, channel_names=channel_names)
     try:
         match = match_panel(panel, slide.channels, source=path, required=required)
         grid = make_tile_grid(slide, params, panel.aliases)

@@ -153,41 +153,41 @@ def apply_names(slide: object, names: ChannelNames, what: str) -> None:
     slide.anonymous = False  # type: ignore[attr-defined]
 
 
-def resolve_names(
-    slide: object, given: ChannelNames | None = None, names_file: ChannelNames | None = None
-) -> None:
-    """Name ``slide``'s channels by the precedence in the module docstring (in place)."""
-    if given is not None and given.explicit:
-        apply_names(slide, given, given.source)
+def resolve_names(slide: object, names: ChannelNames | None = None) -> None:
+    """Name ``slide``'s channels by the precedence in the module docstring (in place).
+
+    ``names`` with ``explicit=True`` (manifest column) renames any slide; ``explicit=False``
+    (a names file) names only an anonymous slide that no ``panel.csv`` names."""
+    if names is not None and names.explicit:
+        apply_names(slide, names, names.source)
         return
     if not getattr(slide, "anonymous", False):
         return
-    if given is not None:
-        apply_names(slide, given, given.source)
-        return
     panel = find_panel(slide.path)  # type: ignore[attr-defined]
     if panel is not None:
-        names, metals = read_panel(panel)
-        apply_names(slide, ChannelNames.of(names, f"panel {panel}"), str(panel))
+        found, metals = read_panel(panel)
+        apply_names(slide, ChannelNames.of(found, f"panel {panel}"), str(panel))
         slide.channel_labels = metals  # type: ignore[attr-defined]
         if slide.mpp is None and metals and all(_METAL.match(m) for m in metals):  # type: ignore[attr-defined]
             slide.mpp = IMC_MPP  # a steinbock (IMC) panel: IMC's native 1 µm/px  # type: ignore[attr-defined]
         return
-    if names_file is not None:
-        apply_names(slide, names_file, names_file.source.removeprefix("channel-names file "))
+    if names is not None:
+        apply_names(slide, names, names.source.removeprefix("channel-names file "))
 
 
-def names_key(
-    image: str | os.PathLike[str],
-    given: ChannelNames | None = None,
-    names_file: ChannelNames | None = None,
-) -> str | None:
+def manifest_names(value: object, where: str, column: str = "channels") -> ChannelNames | None:
+    """The ``;``-separated manifest cell ``value`` as explicit names (None when empty)."""
+    text = "" if value is None else str(value).strip()
+    if text == "" or text.lower() in {"nan", "none", "na"}:
+        return None
+    return ChannelNames.of(split_names(text, where), f"manifest column {column!r}")
+
+
+def names_key(image: str | os.PathLike[str], names: ChannelNames | None = None) -> str | None:
     """A digest of everything outside the image file that can name its channels (cache keys)."""
     parts: list[str] = []
-    if given is not None:
-        parts.append("given:" + "\x1f".join(given.names) + f":{given.explicit}")
-    if names_file is not None:
-        parts.append("file:" + "\x1f".join(names_file.names))
+    if names is not None:
+        parts.append("\x1f".join(names.names) + f":{names.explicit}")
     panel = find_panel(image)
     if panel is not None:
         parts.append("panel:" + hashlib.sha1(panel.read_bytes()).hexdigest())

@@ -28,7 +28,7 @@ def open_slide(
     mpp: float | None = None,
     threads: int | None = None,
     channel_names: ChannelNames | Sequence[str] | None = None,
-    names_file: str | os.PathLike[str] | ChannelNames | None = None,
+    names_file: str | os.PathLike[str] | None = None,
 ) -> Slide:
     """Open a slide, choosing the reader by content (not by extension).
 
@@ -41,13 +41,16 @@ def open_slide(
     """
 
     p, selector = split_selector(path)
-    if channel_names is not None and not isinstance(channel_names, ChannelNames):
-        channel_names = ChannelNames.of(list(channel_names), "given channel names")
-    if names_file is not None and not isinstance(names_file, ChannelNames):
-        names_file = read_names_file(names_file)
+    names: ChannelNames | None
+    if channel_names is None or isinstance(channel_names, ChannelNames):
+        names = channel_names
+    else:
+        names = ChannelNames.of(list(channel_names), "given channel names")
+    if names is None and names_file is not None:
+        names = read_names_file(names_file)
     slide = _open(p, selector, mpp)
     try:
-        resolve_names(slide, channel_names, names_file)
+        resolve_names(slide, names)
     except BaseException:
         slide.close()
         raise

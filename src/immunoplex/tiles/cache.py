@@ -23,6 +23,7 @@ import numpy as np
 from immunoplex.errors import SlideReadError
 from immunoplex.io import open_slide
 from immunoplex.io.base import Slide
+from immunoplex.io.names import ChannelNames, names_key
 from immunoplex.io.panel import Panel, match_panel
 from immunoplex.tiles.grid import iter_tile_chunks, make_tile_grid, read_tiles
 from immunoplex.tiles.params import TileGrid, TilingParams
@@ -50,7 +51,14 @@ def file_fingerprint(path: Path) -> str:
 
 def slide_fingerprint(path: str | os.PathLike[str]) -> str:
     """Content fingerprint of a slide file or a folder slide (its TIFFs by name)."""
-    p = Path(path)
+    from immunoplex.io.mcd import split_selector
+    from immunoplex.io.ngff import is_ngff, store_fingerprint
+
+    p, acquisition = split_selector(path)
+    if acquisition is not None and p.is_file():  # one acquisition of an IMC .mcd file
+        return f"{file_fingerprint(p)}#{acquisition}"
+    if is_ngff(p):
+        return store_fingerprint(p)
     if p.is_dir():
         from immunoplex.io.folder import marker_files
 
@@ -132,8 +140,10 @@ class TileCache:
         params: TilingParams,
         mpp: float | None = None,
         required: Sequence[str] | None = None,
+        channel_names: ChannelNames | None = None,
     ) -> str:
-        """Hash of slide content, panel, tiling parameters, µm/px override and requirements."""
+        """Hash of slide content, panel, tiling parameters, µm/px override and requirements
+        (and, when something outside the file names its channels, those names)."""
         spec = {
             "version": CACHE_VERSION,
             "slide": slide_fingerprint(path),
@@ -143,6 +153,9 @@ class TileCache:
             "required": None if required is None else sorted(map(str, required)),
             "compress": self.compress,
         }
+        names = names_key(path, channel_names)
+        if names is not None:
+            spec["names"] = names
         blob = json.dumps(spec, sort_keys=True, default=str).encode()
         return hashlib.sha1(blob).hexdigest()[:24]
 
@@ -153,13 +166,17 @@ class TileCache:
         params: TilingParams,
         mpp: float | None = None,
         required: Sequence[str] | None = None,
+        channel_names: ChannelNames | None = None,
     ) -> TileSet:
-        """The cached tiles of ``path``, building (and storing) them on the first call."""
-        key = self.key(path, panel, params, mpp, required)
+        """The cached tiles of ``path``, building (and storing) them on the first call.
+
+        ``channel_names``: names for the slide's channels from outside the file (manifest
+        ``channels`` column, names file; see :mod:`immunoplex.io.names`)."""
+        key = self.key(path, panel, params, mpp, required, channel_names)
         ts = self.load(key)
         if ts is not None:
             return ts
-        self._build(Path(path), key, panel, params, mpp, required)
+        self._build(Path(path), key, panel, params, mpp, required, channel_names)
         ts = self.load(key)
         if ts is None:  # pragma: no cover - only on a disk failure
             raise SlideReadError(f"{path}: tile cache entry {key} could not be read back")
@@ -219,12 +236,13 @@ class TileCache:
         params: TilingParams,
         mpp: float | None,
         required: Sequence[str] | None,
+        channel_names: ChannelNames | None = None,
     ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            with open_slide(path, mpp=mpp) as slide:
+            with open_slide(path, mpp=mpp, channel_names=channel_names) as slide:
                 match = match_panel(panel, slide.channels, source=path, required=required)
                 grid = make_tile_grid(slide, params, panel.aliases)
                 dtype = np.dtype(np.float32) if slide.dtype.kind == "f" else slide.dtype
@@ -254,6 +272,7 @@ class TileCache:
                     "source": str(path),
                     "format": slide.format,
                     "slide_channels": list(slide.channels),
+                    "channel_source": slide.channel_source,
                     "channels": list(panel.markers),
                     "present": match.present,
                     "missing": match.missing,
