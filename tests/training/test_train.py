@@ -69,6 +69,7 @@ def test_checkpoint_carries_what_inference_needs(tiny_run: dict) -> None:
     assert set(data["clinical_stats"]) == {"sclever1"}
     assert meta["calibration"]["temperature"] > 0
     assert meta["label_names"] == ["non-responder", "responder"]
+    assert meta["panel_agnostic"] is False  # stored by training.schema
     assert {"torch", "lightning", "immunoplex"} <= set(meta["versions"])
     assert meta["config"]["model"]["_target_"].endswith("ResponseModel")
 

@@ -20,6 +20,7 @@ from immunoplex.io.panel import Panel
 from immunoplex.tiles.cache import file_fingerprint
 from immunoplex.tiles.params import TilingParams
 from immunoplex.training.checkpoint import load_checkpoint, model_from_checkpoint
+from immunoplex.training.schema import is_panel_agnostic, read_meta
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -67,8 +68,9 @@ class Predictor:
         """Read a checkpoint (safely) and rebuild its model on ``device``."""
         path = Path(path)
         ckpt = load_checkpoint(path)
+        schema = read_meta(ckpt, str(path))
         meta = ckpt["immunoplex"]
-        data = meta.get("data") or {}
+        data = schema.data
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         model = model_from_checkpoint(ckpt, path).to(dev).eval()
         panel_d = data.get("panel") or {"markers": meta["dims"].get("markers") or []}
@@ -79,9 +81,10 @@ class Predictor:
                 f"{path}: intensity mode {intensity.get('mode')!r} is not supported by predict"
             )
         norm_d = data.get("expression_norm")
-        encoder = getattr(model, "encoder", None)
-        agnostic = type(encoder).__name__ == "MarkerEncoder"
-        calib_d = meta.get("calibration")
+        agnostic = schema.panel_agnostic
+        if agnostic is None:  # written before the schema stored it
+            agnostic = is_panel_agnostic(model)
+        calib_d = schema.calibration
         pred = cls(
             path=path,
             model=model,
@@ -96,8 +99,8 @@ class Predictor:
             clinical=ClinicalEncoder.from_dict(data),
             treatments=list(data.get("treatments") or meta["dims"].get("treatments") or []),
             calibration=Calibration.from_dict(calib_d) if calib_d else None,
-            threshold=float(meta.get("threshold", 0.5)),
-            label_names=list(meta.get("label_names") or ["non-responder", "responder"]),
+            threshold=schema.threshold,
+            label_names=schema.label_names,
             device=dev,
             panel_agnostic=agnostic,
             fingerprint=file_fingerprint(path),

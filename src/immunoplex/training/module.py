@@ -14,8 +14,9 @@ from torchmetrics import SumMetric
 
 from immunoplex.data.cohort import LABEL_NAMES
 from immunoplex.data.transforms import AugmentConfig, augment_tiles, normalise_tiles
-from immunoplex.training.checkpoint import SCHEMA_VERSION, build_model, software_versions
+from immunoplex.training.checkpoint import build_model
 from immunoplex.training.metrics import response_metrics
+from immunoplex.training.schema import CheckpointMeta, is_panel_agnostic, read_meta, write_meta
 
 
 def _plain(node: Any) -> Any:
@@ -198,20 +199,22 @@ class ResponseModule(L.LightningModule):
 
     # ---- checkpoint payload --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["immunoplex"] = {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.hparams["model"],
-            "dims": self.hparams["dims"],
-            "label_names": list(LABEL_NAMES),
-            "threshold": self.hparams["threshold"],
-            "data": self.metadata,
-            "config": self.config,
-            "calibration": self.calibration,
-            "versions": software_versions(),
-        }
+        meta = CheckpointMeta(
+            model=self.hparams["model"],
+            dims=self.hparams["dims"],
+            data=self.metadata,
+            config=self.config,
+            label_names=list(LABEL_NAMES),
+            threshold=float(self.hparams["threshold"]),
+            calibration=self.calibration,
+            panel_agnostic=is_panel_agnostic(self.model),
+        )
+        write_meta(checkpoint, meta)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("immunoplex", {})
-        self.calibration = meta.get("calibration")
-        self.metadata = meta.get("data", self.metadata)
-        self.config = meta.get("config", self.config)
+        if "immunoplex" not in checkpoint:
+            return
+        meta = read_meta(checkpoint)
+        self.calibration = meta.calibration
+        self.metadata = meta.data or self.metadata
+        self.config = meta.config or self.config

@@ -22,6 +22,7 @@ from immunoplex.evaluation.metrics import auroc_score
 from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
 from immunoplex.training.module import ResponseModule
+from immunoplex.training.schema import set_calibration
 from immunoplex.utils.atomic import atomic_path, fsync_file, write_csv, write_text
 from immunoplex.utils.tables import read_table
 
@@ -120,7 +121,7 @@ def finalize(
         val = frames["val"]
         calib = fit_calibration(val["logit"].to_numpy(), val["label"].to_numpy(), alpha=alpha)
         module.calibration = calib.to_dict()
-        ckpt["immunoplex"]["calibration"] = calib.to_dict()
+        set_calibration(ckpt, calib.to_dict())
         atomic_save(ckpt, best)
     final_ckpt = out_dir / "model.ckpt"
     with atomic_path(final_ckpt) as tmp:
