@@ -17,6 +17,7 @@ def test_files_exist_and_no_leftovers(synth_tiny):
     slides = sorted((out / "slides").glob("*.ome.tif"))
     assert len(slides) == summary.n_slides
     assert len(list((out / "signal").glob("*.npy"))) == summary.n_slides
+    assert len(list((out / "cells").glob("*.parquet"))) == summary.n_slides
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name or p.name == ".hydra"]
     assert leftovers == []
 
@@ -119,3 +120,26 @@ def test_signal_masks(synth_tiny):
         for r in s.itertuples()
     )
     assert 0 < marked <= total_cd8_in
+
+
+def test_cell_truth_matches_slide_counts(synth_tiny):
+    """cells/<slide_id>.parquet: one row per drawn cell, consistent with truth_slides.csv."""
+    out, _ = synth_tiny
+    s = pd.read_csv(out / "truth_slides.csv")
+    for row in s.itertuples():
+        c = pd.read_parquet(out / row.cells)
+        assert list(c.columns) == [
+            "cell", "x_um", "y_um", "type", "nucleus", "immune", "intratumoural",
+        ]  # fmt: skip
+        assert len(c) == row.n_cells and c["cell"].is_unique
+        n = c["type"].value_counts()
+        assert n.get("cd8_t", 0) == row.n_cd8
+        assert n.get("clever1_macrophage", 0) == row.n_clever1_macrophage
+        assert n.get("macrophage", 0) + n.get("clever1_macrophage", 0) == row.n_macrophage
+        assert n.get("neutrophil", 0) == row.n_neutrophil
+        assert n.get("tumour", 0) == row.n_tumour
+        cd8 = c[c["type"] == "cd8_t"]
+        assert int(cd8["intratumoural"].sum()) == row.n_cd8_intratumoural
+        assert (~c.loc[c["type"] == "rbc", "nucleus"]).all()
+        assert c["x_um"].between(0, row.width * row.mpp).all()
+        assert c["y_um"].between(0, row.height * row.mpp).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import tifffile
 
 from immunoplex.synth.cohort import generate_cohort
@@ -12,6 +13,18 @@ SMALL = {"n_patients": 6}
 
 def _tables(out):
     return {n: (out / n).read_bytes() for n in ("manifest.csv", "expression.csv", "truth.csv")}
+
+
+def _cell_truth(out):
+    """Every slide's cell-truth table (``cells/<slide_id>.parquet``), by file name."""
+    return {p.name: pd.read_parquet(p) for p in sorted((out / "cells").glob("*.parquet"))}
+
+
+def _assert_same_cell_truth(a, b):
+    ta, tb = _cell_truth(a), _cell_truth(b)
+    assert ta and ta.keys() == tb.keys()
+    for name, frame in ta.items():
+        pd.testing.assert_frame_equal(frame, tb[name])
 
 
 def _first_slide(out):
@@ -26,6 +39,7 @@ def test_same_seed_same_cohort_any_workers(tmp_path, synth_tiny):
     np.testing.assert_array_equal(_first_slide(a), _first_slide(ref_dir))
     for p in sorted((ref_dir / "signal").glob("*.npy")):
         np.testing.assert_array_equal(np.load(p), np.load(a / "signal" / p.name))
+    _assert_same_cell_truth(a, ref_dir)
 
 
 def test_different_seed_differs(tmp_path, synth_tiny):
@@ -35,6 +49,8 @@ def test_different_seed_differs(tmp_path, synth_tiny):
     assert (b / "manifest.csv").read_bytes() != (ref_dir / "manifest.csv").read_bytes()
     assert (b / "expression.csv").read_bytes() != (ref_dir / "expression.csv").read_bytes()
     assert not np.array_equal(_first_slide(b), _first_slide(ref_dir))
+    first = sorted(_cell_truth(ref_dir))[0]
+    assert not _cell_truth(b)[first].equals(_cell_truth(ref_dir)[first])
 
 
 def test_rerun_reuses_complete_slides_and_repairs_broken_ones(tmp_path):
@@ -49,6 +65,14 @@ def test_rerun_reuses_complete_slides_and_repairs_broken_ones(tmp_path):
     assert again.n_reused == again.n_slides and again.n_rendered == 0
     assert {p.name: p.stat().st_mtime_ns for p in slides} == before
     assert _tables(out) == tables
+    truth = _cell_truth(out)
+
+    # a slide whose cell truth is missing is rendered again, to the same truth
+    missing = sorted((out / "cells").glob("*.parquet"))[2]
+    missing.unlink()
+    redone = generate_cohort(out, size="tiny", seed=3, workers=1, progress=False, **SMALL)
+    assert redone.n_rendered == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(missing), truth[missing.name])
 
     # a truncated slide (e.g. copied in half) and a leftover temp file from a killed run
     blob = slides[0].read_bytes()
@@ -58,6 +82,7 @@ def test_rerun_reuses_complete_slides_and_repairs_broken_ones(tmp_path):
     leftovers = [
         out / "slides" / f".{stem}.k2j_x9q1.tmp.ome.tif",
         out / "signal" / f".{stem}.a1b2c3d4.tmp.npy",
+        out / "cells" / f".{stem}.q7w8e9r0.tmp.parquet",
         out / "slides" / f".{slides[1].name}.999.tmp",
     ]
     for p in leftovers:
@@ -88,6 +113,7 @@ def test_spawned_workers_match_in_process(tmp_path, monkeypatch):
     monkeypatch.setattr(cohort, "_pool_context", lambda: mp.get_context("spawn"))
     generate_cohort(tmp_path / "spawned", workers=2, **args)
     assert _tables(tmp_path / "inline") == _tables(tmp_path / "spawned")
+    _assert_same_cell_truth(tmp_path / "inline", tmp_path / "spawned")
     np.testing.assert_array_equal(
         _first_slide(tmp_path / "inline"), _first_slide(tmp_path / "spawned")
     )

@@ -7,6 +7,7 @@ from enum import IntEnum
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from immunoplex.synth.tissue import TissueLayout
 
@@ -34,6 +35,32 @@ class Cells:
     def count(self, kind: CellType, mask: np.ndarray | None = None) -> int:
         sel = self.kind == kind
         return int(np.count_nonzero(sel if mask is None else sel & mask))
+
+    def truth_frame(self, mpp: float) -> pd.DataFrame:
+        """One row per drawn cell: the cell-truth table written beside the slide.
+
+        Centres are in µm with pixel (i, j) at ((j + 0.5) mpp, (i + 0.5) mpp), the convention of
+        the cell stage; ``type`` uses the names of the default phenotype rules
+        (``configs/cells/phenotypes/default.yaml``); ``nucleus`` is False for red blood cells.
+        """
+        names = np.asarray(TRUTH_TYPES, dtype=object)[self.kind]
+        names[(self.kind == CellType.MACROPHAGE) & self.clever1] = "clever1_macrophage"
+        immune = np.isin(self.kind, [CellType.CD8, CellType.MACROPHAGE, CellType.NEUTROPHIL])
+        return pd.DataFrame(
+            {
+                "cell": np.arange(1, len(self.y) + 1, dtype=np.int32),
+                "x_um": ((self.x + 0.5) * mpp).astype(np.float32),
+                "y_um": ((self.y + 0.5) * mpp).astype(np.float32),
+                "type": names.astype(str),
+                "nucleus": self.kind != CellType.RBC,
+                "immune": immune,
+                "intratumoural": self.intratumoural.astype(bool),
+            }
+        )
+
+
+#: Truth ``type`` name per :class:`CellType` (Clever-1+ macrophages are ``clever1_macrophage``).
+TRUTH_TYPES = ("tumour", "stromal", "cd8_t", "macrophage", "neutrophil", "endothelial", "rbc")
 
 
 def _sample_in(

@@ -143,19 +143,19 @@ def _run_jobs(jobs: list[SlideJob], workers: int, progress: bool) -> list[dict[s
 # ``S0001.ome.tif``; a temporary sibling from ``utils.atomic.atomic_path``
 # (``.S0001.<random>.tmp.ome.tif``); or one from before it (``.S0001.ome.tif.<pid>.tmp``).
 _OWN_FILE = re.compile(
-    r"^(?:(?P<id>S\d{4,})\.(?:ome\.tif|npy|json)"
-    r"|(?P<tmp>\.(?P<tid>S\d{4,})\.(?:[A-Za-z0-9_]+\.tmp\.(?:ome\.tif|npy|json)"
-    r"|(?:ome\.tif|npy|json)\.\d+\.tmp)))$"
+    r"^(?:(?P<id>S\d{4,})\.(?:ome\.tif|npy|json|parquet)"
+    r"|(?P<tmp>\.(?P<tid>S\d{4,})\.(?:[A-Za-z0-9_]+\.tmp\.(?:ome\.tif|npy|json|parquet)"
+    r"|(?:ome\.tif|npy|json|parquet)\.\d+\.tmp)))$"
 )
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:
     """Delete leftovers: temporary files of interrupted runs and slides of an earlier, larger run.
 
-    Only names this generator writes (``S0001.ome.tif``, ``S0001.npy``, ``S0001.json``) and their
-    temporary siblings are touched.
+    Only names this generator writes (``S0001.ome.tif``, ``S0001.npy``, ``S0001.json``,
+    ``S0001.parquet``) and their temporary siblings are touched.
     """
-    for sub in ("slides", "signal"):
+    for sub in ("slides", "signal", "cells"):
         for p in (out / sub).iterdir():
             m = _OWN_FILE.match(p.name)
             if m and (m.group("tmp") or m.group("id") not in keep):
@@ -285,7 +285,7 @@ def generate_cohort(
     settings = resolve_settings(size, config, overrides)
     seed = int(seed)
     out = Path(out_dir)
-    for sub in ("", "slides", "signal"):
+    for sub in ("", "slides", "signal", "cells"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     workers = int(workers) if workers else (os.cpu_count() or 1)
 

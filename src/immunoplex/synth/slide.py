@@ -1,4 +1,5 @@
-"""One slide, end to end: layout -> cells -> pixels -> OME-TIFF + signal mask + stats.
+"""One slide, end to end: layout -> cells -> pixels -> OME-TIFF + signal mask + cell truth +
+stats.
 
 ``generate_slide`` is the process-pool task. It is seeded from (cohort seed, slide index) only,
 so the cohort is identical for any number of workers.
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from immunoplex.io.write import is_complete_ome_tiff, n_levels, write_ome_tiff
 from immunoplex.synth.cells import CellType, place_cells
@@ -53,6 +56,10 @@ class SlideJob:
         return f"signal/{self.slide_id}.npy"
 
     @property
+    def cells_rel(self) -> str:
+        return f"cells/{self.slide_id}.parquet"
+
+    @property
     def stats_path(self) -> Path:
         return Path(self.out_dir) / "signal" / f"{self.slide_id}.json"
 
@@ -90,6 +97,12 @@ def _existing_stats(job: SlideJob, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if mask.shape != (stats["signal_height"], stats["signal_width"]):
+        return None
+    try:
+        n = pq.ParquetFile(out / job.cells_rel).metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    if n != stats.get("n_cells"):
         return None
     return stats
 
@@ -142,6 +155,7 @@ def generate_slide(job: SlideJob) -> dict[str, Any]:
     )
     mask = signal_mask(layout, cells, float(s["tissue"]["border_um"]))
     atomic.save_npy(out / job.signal_rel, mask)
+    atomic.write_parquet(out / job.cells_rel, cells.truth_frame(mpp))
 
     area_mm2 = (mpp * 1e-3) ** 2 * layout.step**2
     tissue_mm2 = float(layout.coarse_tissue.sum()) * area_mm2
@@ -152,6 +166,7 @@ def generate_slide(job: SlideJob) -> dict[str, Any]:
         "patient_id": job.patient_id,
         "image": job.image_rel,
         "signal": job.signal_rel,
+        "cells": job.cells_rel,
         "signal_mpp": float(img_cfg["signal_mpp"]),
         "mpp": mpp,
         "height": H,
