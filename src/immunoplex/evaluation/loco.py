@@ -105,16 +105,27 @@ def run_loco(
     models: dict[str, Callable[[], ExpressionModel]],
     baselines: Sequence[str] = tuple(SIGNATURES),
     log: Callable[[str], None] | None = None,
+    extra_baselines: pd.DataFrame | None = None,
+    after_fit: Callable[[str, str, Any, np.ndarray], None] | None = None,
 ) -> LocoResult:
     """Fit every model once per held-out cohort on the other cohorts; score baselines alike.
 
     ``values`` (samples x genes, log scale), ``labels`` (1/0/-1) and ``cohorts`` share one index.
+    ``extra_baselines`` (samples x scores, same index): further label-free, untrained scores
+    (e.g. rank-based signatures) treated exactly like the classic ones. ``after_fit(name,
+    held_out, model, test_rows)`` is called with every fitted model (e.g. to score the held-out
+    cohort again under other conditions).
     """
     if not (values.index.equals(labels.index) and values.index.equals(cohorts.index)):
         raise SplitError("values, labels and cohorts must share the same index")
     y = labels.astype(int).to_numpy()
     coh = cohorts.astype(str)
     base = score_signatures(values, coh, names=baselines)
+    if extra_baselines is not None:
+        if not extra_baselines.index.equals(values.index):
+            raise SplitError("extra_baselines must share the index of values")
+        base = pd.concat([base, extra_baselines.astype(np.float64)], axis=1)
+    baselines = list(base.columns)
     # Pooling across cohorts: each baseline z-scored within its cohort (label-free, monotone
     # within a cohort so per-cohort AUROCs are unchanged).
     base = zscore_within(base, coh.to_numpy())
@@ -139,6 +150,8 @@ def run_loco(
             # The whole held-out cohort is passed (its own normalisation statistics); only the
             # labelled samples are scored.
             prob = np.asarray(model.predict_proba(values.iloc[test], coh.iloc[test]))
+            if after_fit is not None:
+                after_fit(name, held_out, model, test)
             pos = np.searchsorted(test, test_lab)
             rows.append(frame.assign(method=name, score=prob[pos]))
             info.setdefault(name, {})[held_out] = {
@@ -203,4 +216,68 @@ def comparison_table(result: LocoResult, reference: str, n_boot: int = 2000, see
             ref["label"], ref["score"], other["score"], n_boot=n_boot, seed=seed
         )
         lines.append(f"| {method} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    return "\n".join(lines)
+
+
+def mean_over_cohorts(summary: pd.DataFrame, method: str) -> float:
+    rows = summary[(summary["method"] == method) & (summary["cohort"] != POOLED)]
+    return float(rows["auroc"].mean())
+
+
+def best_by_pooled(summary: pd.DataFrame, methods: Sequence[str]) -> str:
+    """The method of ``methods`` with the highest pooled AUROC."""
+    pooled = summary[summary["cohort"] == POOLED].set_index("method")["auroc"]
+    return max(methods, key=lambda m: float(pooled[m]))
+
+
+def paired_cohort_mean_delta(
+    result: LocoResult, a: str, b: str, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean-over-cohorts AUROC(a) - AUROC(b), CI from resampling within each cohort (paired,
+    class-stratified)."""
+    p = result.predictions
+    deltas, boots = [], []
+    for k, cohort in enumerate(result.cohorts):
+        sa = p[(p["method"] == a) & (p["cohort"] == cohort)].set_index("patient_id")
+        sb = p[(p["method"] == b) & (p["cohort"] == cohort)].set_index("patient_id").loc[sa.index]
+        yb = sa["label"].to_numpy().astype(bool)
+        if yb.all() or not yb.any():
+            continue
+        va, vb = sa["score"].to_numpy(float), sb["score"].to_numpy(float)
+        deltas.append(auroc(yb, va) - auroc(yb, vb))
+        idx = bootstrap_indices(yb, n_boot, seed + k)
+        boots.append(auroc_rows(yb[idx], va[idx]) - auroc_rows(yb[idx], vb[idx]))
+    d = np.mean(boots, axis=0)
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return float(np.mean(deltas)), float(lo), float(hi)
+
+
+def versus_table(
+    result: LocoResult,
+    summary: pd.DataFrame,
+    models: Sequence[str],
+    reference: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> str:
+    """Per model: pooled and mean-over-cohorts AUROC, and the paired-bootstrap differences
+    (model - reference) with 95% CIs on exactly the same samples."""
+    p = result.predictions
+    ref = p[p["method"] == reference].set_index("patient_id")
+    lines = [
+        f"| model | pooled AUROC | mean over cohorts | pooled Δ vs {reference} [95% CI] "
+        f"| mean-over-cohorts Δ vs {reference} [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for m in models:
+        other = p[p["method"] == m].set_index("patient_id").loc[ref.index]
+        d, lo, hi = paired_bootstrap_delta(
+            ref["label"], other["score"], ref["score"], n_boot=n_boot, seed=seed
+        )
+        md, mlo, mhi = paired_cohort_mean_delta(result, m, reference, n_boot=n_boot, seed=seed)
+        pooled = summary[(summary["method"] == m) & (summary["cohort"] == POOLED)].iloc[0]["ci"]
+        lines.append(
+            f"| {m} | {pooled.fmt()} | {mean_over_cohorts(summary, m):.3f} | "
+            f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] | {md:+.3f} [{mlo:+.3f}, {mhi:+.3f}] |"
+        )
     return "\n".join(lines)

@@ -119,6 +119,7 @@ def predict_elastic_net(opts: PredictOptions, out_dir: Path) -> pd.DataFrame:
     """Score an expression table with an elastic-net model saved as JSON (scripts/loco_icb.py)."""
     from immunoplex.expression.io import read_expression
     from immunoplex.expression.linear import predict_expression
+    from immunoplex.expression.transfer import is_transfer_model
 
     path = Path(opts.ckpt)
     if opts.expression is None:
@@ -128,6 +129,8 @@ def predict_elastic_net(opts: PredictOptions, out_dir: Path) -> pd.DataFrame:
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the elastic-net model ({err})") from err
     table = read_expression(opts.expression)
+    if is_transfer_model(model):
+        return _predict_transfer(path, model, table.values, out_dir)
     prob = predict_expression(model, table, allow_missing=opts.allow_missing_genes)
     threshold = float(model.get("threshold", 0.5))
     df = pd.DataFrame(
@@ -139,5 +142,27 @@ def predict_elastic_net(opts: PredictOptions, out_dir: Path) -> pd.DataFrame:
         }
     )
     header = {"checkpoint": str(path), "model": "elastic_net", "threshold": threshold}
+    write_predictions(out_dir, df, header)
+    return df
+
+
+def _predict_transfer(path: Path, model: dict, values: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """A transfer model (scripts/loco_features.py): within-sample features from the genes present,
+    no gene filled in; the coverage of every feature goes into predictions.json."""
+    from immunoplex.expression.transfer import predict_transfer
+
+    prob, coverage = predict_transfer(model, values)
+    df = pd.DataFrame(
+        {
+            "patient_id": [str(i) for i in values.index],
+            "probability": prob,
+            "predicted_class": np.where(prob >= 0.5, "responder", "non-responder"),
+            "modalities": "expression",
+        }
+    )
+    for rep in coverage:
+        log.info("%s: %s", path, rep["summary"])
+    header = {"checkpoint": str(path), "model": model["kind"], "threshold": 0.5,
+              "coverage": coverage}  # fmt: skip
     write_predictions(out_dir, df, header)
     return df
