@@ -169,7 +169,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     dm, module, trainer = build(cfg)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     # weights_only: resuming never unpickles arbitrary objects from the checkpoint file.
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     select = cfg.get("select_checkpoint", "best")
