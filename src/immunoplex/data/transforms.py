@@ -33,6 +33,32 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
+_DIHEDRAL_INDEX: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _dihedral_index(t: int, device: torch.device) -> torch.Tensor:
+    """(8, T*T) source pixel of every output pixel for each of the 8 dihedral codes."""
+    key = (t, str(device))
+    idx = _DIHEDRAL_INDEX.get(key)
+    if idx is None:
+        grid = torch.arange(t * t, dtype=torch.long).reshape(t, t)
+        idx = torch.stack([_dihedral(grid, code).reshape(-1) for code in range(8)]).to(device)
+        _DIHEDRAL_INDEX[key] = idx
+    return idx
+
+
+def _dihedral_gather(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Tile (b, n) of x (B, N, C, T, T) turned by its own dihedral code k[b, n], in one gather:
+    no per-code selection, so no host-device synchronisation (same result as ``_dihedral``)."""
+    b, n, c, t, w = x.shape
+    if t != w:
+        raise ValueError(f"dihedral augmentation needs square tiles, got {t}x{w}")
+    idx = _dihedral_index(t, x.device)[k]  # (B, N, T*T)
+    flat = x.reshape(b, n, c, t * t)
+    out = torch.gather(flat, 3, idx[:, :, None, :].expand(b, n, c, t * t))
+    return out.reshape(b, n, c, t, t)
+
+
 def normalise_tiles(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """uint16 tiles (B, N, C, T, T) -> float32 in [0, 1] with per-tile channel statistics."""
     tiles = batch["tiles"]
@@ -87,12 +113,7 @@ def augment_tiles(
         k = torch.randint(0, choices, (b, n), generator=generator, device=dev)
         if not cfg.rot90:
             k = k * 4  # 0 or 4: identity or flip
-        out = x.clone()
-        for code in range(8):
-            sel = k == code
-            if code and bool(sel.any()):
-                out[sel] = _dihedral(x[sel], code)
-        x = out
+        x = _dihedral_gather(x, k)
     if cfg.intensity_jitter > 0:
         gain = torch.exp(
             torch.randn((b, 1, c, 1, 1), generator=generator, device=dev) * cfg.intensity_jitter
@@ -101,7 +122,7 @@ def augment_tiles(
     if cfg.channel_dropout > 0:
         keep = torch.rand((b, c), generator=generator, device=dev) >= cfg.channel_dropout
         # Never drop every channel of a patient.
-        keep[~keep.any(dim=1)] = True
+        keep = keep | ~keep.any(dim=1, keepdim=True)
         channel_mask = channel_mask & keep
         x = x * keep[:, None, :, None, None].to(x.dtype)
     x = x * tile_mask[:, :, None, None, None].to(x.dtype)

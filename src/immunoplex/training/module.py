@@ -71,6 +71,8 @@ class ResponseModule(L.LightningModule):
         self.model = build_model(self.hparams["model"], self.hparams["dims"])
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+            if hasattr(self.model, "channels_last"):  # its tile batches too, not only weights
+                self.model.channels_last = True
         self.augment_cfg = AugmentConfig(**self.hparams["augment"])
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight)), persistent=False)
         self.train_metrics = response_metrics("train/", threshold)
@@ -81,6 +83,8 @@ class ResponseModule(L.LightningModule):
             {f"n_{s}": SumMetric() for s in ("train", "val", "test")}
         )
         self._generator: torch.Generator | None = None
+        # Per stage, the epoch's detached (probabilities, labels); metrics are updated at its end.
+        self._epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ---- inputs --------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -135,10 +139,11 @@ class ResponseModule(L.LightningModule):
             logit, label.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
         )
         loss = (per_patient * weight).sum() / weight.sum().clamp(min=1.0)
-        metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
-        if labelled.any():
-            metrics[stage].update(torch.sigmoid(logit[labelled].detach()), label[labelled].long())
-            self.patient_counts[f"n_{stage}"].update(labelled.sum())
+        # Metrics see the epoch's probabilities once, at its end: selecting the labelled patients
+        # (a boolean index) and torchmetrics' argument checks would each sync every step.
+        self._epoch_outputs.setdefault(stage, []).append(
+            (torch.sigmoid(logit.detach()), label.detach())
+        )
         self.log(
             f"{stage}/loss",
             loss,
@@ -159,7 +164,22 @@ class ResponseModule(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def _update_metrics(self, stage: str) -> None:
+        """Feed the epoch's labelled (probability, label) pairs to the stage's metrics."""
+        outputs = self._epoch_outputs.pop(stage, [])
+        if not outputs:
+            return
+        prob = torch.cat([p for p, _ in outputs])
+        label = torch.cat([y for _, y in outputs])
+        labelled = label >= 0
+        if labelled.any():
+            metrics = {"train": self.train_metrics, "val": self.val_metrics}
+            metrics["test"] = self.test_metrics
+            metrics[stage].update(prob[labelled], label[labelled].long())
+            self.patient_counts[f"n_{stage}"].update(labelled.sum())
+
     def _log_metrics(self, stage: str) -> None:
+        self._update_metrics(stage)
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         coll = metrics[stage]
         if all(m.update_count == 0 for m in coll.values(copy_state=False)):
@@ -171,6 +191,15 @@ class ResponseModule(L.LightningModule):
         self.log_dict(values, prog_bar=False)
         self.log(f"{stage}/auroc", auroc, prog_bar=stage != "test")
         coll.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_outputs.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_outputs.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch_outputs.pop("test", None)
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
