@@ -360,6 +360,11 @@ class ResponseDataModule(L.LightningDataModule):
             world_size=world,
         )
         workers = self.cfg.num_workers
+        # Bags depend only on the sampler's (index, bag seed) pairs, drawn in the main process, so
+        # workers neither duplicate nor change them; each worker's own RNGs are seeded from
+        # (seed, rank, worker) all the same (seed_worker), for anything else that draws.
+        gen = torch.Generator()
+        gen.manual_seed(self.cfg.seed * 1_000_003 + rank)
         return DataLoader(
             ds,
             batch_size=self.per_device_batch_size(world),
@@ -368,6 +373,8 @@ class ResponseDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.cfg.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            generator=gen,
         )
 
     def per_device_batch_size(self, world_size: int) -> int:
@@ -384,6 +391,16 @@ class ResponseDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from its torch seed (the loader's
+    generator + worker id), so forked workers do not share one copied RNG state."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def tiling_params(cfg: DataConfig) -> TilingParams:
