@@ -23,11 +23,13 @@ from immunoplex.evaluation.metrics import auroc_score as auroc
 from immunoplex.synth.expression import simulate_expression
 from immunoplex.synth.settings import resolve_settings
 from immunoplex.synth.slide import SLIDE_SETTING_KEYS, SlideJob, generate_slide
+from immunoplex.synth.survival import SURVIVAL_COLUMNS, oracle_cindices, sample_survival
 from immunoplex.synth.truth import oracle_aurocs, sample_truth
 from immunoplex.utils import atomic
 
 MANIFEST_COLUMNS = [
     "slide_id", "patient_id", "image", "label", "cohort", "treatment", "sclever1", "split",
+    *SURVIVAL_COLUMNS,  # survival_time_os, event_occurred_os, ..._pfs (empty = not recorded)
 ]  # fmt: skip
 
 #: Latents handed to the slide renderer (per patient).
@@ -36,7 +38,7 @@ _SLIDE_LATENTS = (
     "clever1_fraction", "neutrophil_density", "tumour_burden", "vessel_z",
 )  # fmt: skip
 
-_COHORT_STREAM, _TRUTH_STREAM, _EXPRESSION_STREAM = 0, 1, 3
+_COHORT_STREAM, _TRUTH_STREAM, _EXPRESSION_STREAM, _SURVIVAL_STREAM = 0, 1, 3, 4
 _POPULATION_N, _POPULATION_SEED = 20_000, 99
 
 
@@ -65,6 +67,17 @@ class CohortSummary:
     auroc_bayes_population: float
     auroc_image_only_population: float
     auroc_expression_only_population: float
+    #: Harrell's C-index on the test split (observed, censored times) of the true log hazard and
+    #: of the best image-only / expression-only log hazards, per endpoint (docs: "Survival").
+    cindex_bayes_os_test: float = float("nan")
+    cindex_image_only_os_test: float = float("nan")
+    cindex_expression_only_os_test: float = float("nan")
+    cindex_bayes_pfs_test: float = float("nan")
+    cindex_image_only_pfs_test: float = float("nan")
+    cindex_expression_only_pfs_test: float = float("nan")
+    #: The true log hazard's C-index over the population (20 000 patients, censored as drawn).
+    cindex_bayes_os_population: float = float("nan")
+    cindex_bayes_pfs_population: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,8 +231,9 @@ def _write_tables(
             "treatment": truth.loc[pid, "treatment"].to_numpy(),
             "sclever1": truth.loc[pid, "sclever1"].round(4).to_numpy(),
             "split": truth.loc[pid, "split"].to_numpy(),
+            **{c: truth.loc[pid, c].array for c in SURVIVAL_COLUMNS if c in truth.columns},
         }
-    )[MANIFEST_COLUMNS]
+    )[[c for c in MANIFEST_COLUMNS if c in truth.columns or c not in SURVIVAL_COLUMNS]]
     atomic.write_csv(out / "manifest.csv", manifest)
 
 
@@ -227,6 +241,29 @@ def _write_tables(
 def _population_aurocs(key: str) -> dict[str, float]:
     truth_cfg, arms = json.loads(key)
     return oracle_aurocs(sample_truth(_POPULATION_N, _POPULATION_SEED, truth_cfg, arms))
+
+
+@lru_cache(maxsize=8)
+def _population_cindices(key: str) -> dict[str, float]:
+    truth_cfg, arms, surv_cfg = json.loads(key)
+    truth = sample_truth(_POPULATION_N, _POPULATION_SEED, truth_cfg, arms)
+    surv = sample_survival(truth, truth_cfg, surv_cfg, np.random.default_rng(_POPULATION_SEED))
+    return {ep: oracle_cindices(surv, ep)["bayes"] for ep in ("os", "pfs")}
+
+
+def _survival_summary(truth: pd.DataFrame, settings: dict[str, Any]) -> dict[str, float]:
+    """The ``cindex_*`` fields of the summary (empty when the settings have no survival)."""
+    if "log_hazard" not in truth.columns:
+        return {}
+    test = truth[truth["split"] == "test"]
+    out: dict[str, float] = {}
+    for ep in ("os", "pfs"):
+        for k, v in oracle_cindices(test, ep).items():
+            out[f"cindex_{k}_{ep}_test"] = v
+    key = [settings["truth"], settings["cohort"]["treatments"], settings["survival"]]
+    for ep, v in _population_cindices(json.dumps(key, sort_keys=True)).items():
+        out[f"cindex_bayes_{ep}_population"] = v
+    return out
 
 
 def _summarise(
@@ -262,6 +299,7 @@ def _summarise(
         auroc_bayes_population=pop["bayes"],
         auroc_image_only_population=pop["image_only"],
         auroc_expression_only_population=pop["expression_only"],
+        **_survival_summary(truth, settings),
     )
 
 
@@ -304,6 +342,9 @@ def generate_cohort(
     jobs = _plan_slides(truth, settings, seed, out)
     _remove_stale(out, {j.slide_id for j in jobs})
     slides = pd.DataFrame(_run_jobs(jobs, min(workers, max(len(jobs), 1)), progress))
+    if settings.get("survival"):  # own stream: the images and every other column are unchanged
+        rng_s = np.random.default_rng(np.random.SeedSequence([seed, _SURVIVAL_STREAM]))
+        truth = truth.join(sample_survival(truth, settings["truth"], settings["survival"], rng_s))
     _write_tables(out, truth, slides, settings, seed)
     summary = _summarise(out, size, seed, truth, slides, settings)
     summary.seconds = round(time.perf_counter() - t0, 2)
