@@ -25,6 +25,7 @@ from immunoplex.data.bags import (
 )
 from immunoplex.data.clinical import ClinicalEncoder
 from immunoplex.data.cohort import Cohort, load_cohort, slide_channel_names
+from immunoplex.data.expression_inputs import expression_features, feature_matrix
 from immunoplex.data.slides import slide_tiles
 from immunoplex.data.splits import Split, make_split
 from immunoplex.errors import ImmunoplexError, ManifestError
@@ -114,6 +115,7 @@ class ResponseDataModule(L.LightningDataModule):
         self.skipped: list[str] = []
         self.genes: list[str] = []
         self.expression_norm: ExpressionNormalizer | None = None
+        self.expression_features: Any = None  # ExpressionFeatures (expression_norm=features)
         self.clinical = ClinicalEncoder()
         self.treatments: list[str] = []
         self.slide_keys: dict[str, str] = {}
@@ -253,6 +255,12 @@ class ResponseDataModule(L.LightningDataModule):
         fit_ids = [i for i in values.index if i in train_ids]
         if not fit_ids:
             raise ManifestError(f"{table.source}: no training patient has expression")
+        feats = expression_features(self.cfg.expression_norm)
+        if feats is not None:  # the model reads F within-sample features, not G genes
+            self.expression_features = feats
+            out = feature_matrix(feats, values, fit_ids)
+            self.genes = list(feats.names)
+            return out
         self.genes = list(values.columns)
         norm = expression_normalizer(self.cfg)
         norm.fit(values.loc[fit_ids], cohorts.loc[fit_ids])
@@ -327,6 +335,9 @@ class ResponseDataModule(L.LightningDataModule):
             },
             "genes": list(self.genes),
             "expression_norm": self.expression_norm.to_dict() if self.expression_norm else None,
+            "expression_features": (
+                self.expression_features.to_dict() if self.expression_features else None
+            ),
             **self.clinical.to_dict(),  # clinical_columns, clinical_stats
             "treatments": list(self.treatments),
             "split": self.split.name if self.split else None,

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -233,6 +233,10 @@ class ExpressionInputs:
     values: dict[str, np.ndarray]
     report: GeneReport | None
     source: str | None
+    # A checkpoint trained with expression_norm=features: per-feature coverage (CoverageReport)
+    # and the patients whose expression was dropped (inference/feature_inputs.py).
+    feature_report: Any = None
+    dropped: list[str] = field(default_factory=list)
 
 
 def prepare_expression(
@@ -250,7 +254,8 @@ def prepare_expression(
         return ExpressionInputs({}, None, None)
     from immunoplex.expression.io import read_expression
 
-    if pred.expression_norm is None or not pred.genes:
+    features = getattr(pred, "expression_features", None)  # expression_norm=features
+    if features is None and (pred.expression_norm is None or not pred.genes):
         raise ExpressionError(f"{pred.path}: checkpoint has no expression normalisation/genes")
     table = read_expression(path)
     ids = [p.patient_id for p in patients]
@@ -259,6 +264,11 @@ def prepare_expression(
         raise ExpressionError(
             f"{path}: no sample id matches a patient to predict (first ids: {ids[:3]})"
         )
+    if features is not None:  # within-sample features: coverage reported, nothing filled
+        from immunoplex.inference.feature_inputs import feature_expression
+
+        feats, freport, dropped = feature_expression(pred, values, path, allow_missing_genes)
+        return ExpressionInputs(feats, None, str(path), freport, dropped)
     norm = pred.expression_norm
     fills = dict(
         zip(norm.genes, (norm.fill_mean if norm.fill_mean is not None else []), strict=False)

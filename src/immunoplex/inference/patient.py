@@ -17,6 +17,7 @@ from immunoplex.data.bags import PatientBagDataset, PatientRecord, SlideTiles, c
 from immunoplex.data.slides import fit_slide_norm, slide_tiles
 from immunoplex.errors import ImmunoplexError
 from immunoplex.expression.genes import GeneReport
+from immunoplex.inference.feature_inputs import feature_fields
 from immunoplex.inference.inputs import (
     PatientInput,
     SlideInput,
@@ -262,6 +263,8 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     row = _result_row(
         pred, p, rec, infos, logit, prob, cf, t_name, t_src, errors, ctx.expression.report
     )
+    expr_in = ctx.expression  # expression_norm=features: per-feature coverage, dropped patients
+    row.update(feature_fields(expr_in.feature_report, expr_in.dropped, p.patient_id))
     slide_files = _write_slide_results(ctx, p, slides, infos, attention, scores, prob)
     return {"row": row, "slides": slide_files, "explanation": explanation}
 

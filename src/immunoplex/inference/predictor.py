@@ -15,6 +15,7 @@ from immunoplex.data.clinical import ClinicalEncoder
 from immunoplex.data.transforms import encode_tile_batches, normalise_tiles
 from immunoplex.errors import ConfigError
 from immunoplex.evaluation.calibration import Calibration
+from immunoplex.expression.feature_state import ExpressionFeatures
 from immunoplex.expression.normalise import ExpressionNormalizer
 from immunoplex.io.panel import Panel
 from immunoplex.tiles.cache import file_fingerprint
@@ -60,6 +61,8 @@ class Predictor:
     device: torch.device
     panel_agnostic: bool
     fingerprint: str
+    # expression_norm=features: the within-sample features the expression branch reads
+    expression_features: ExpressionFeatures | None = None
 
     @classmethod
     def load(
@@ -104,6 +107,11 @@ class Predictor:
             device=dev,
             panel_agnostic=agnostic,
             fingerprint=file_fingerprint(path),
+            expression_features=(
+                ExpressionFeatures.from_dict(data["expression_features"])
+                if data.get("expression_features")
+                else None
+            ),
         )
         pred.required = pred.effective_required(data.get("required_markers"), required)
         return pred

@@ -96,6 +96,9 @@ def predict(cfg: Any) -> pd.DataFrame:
         "required_markers": pred.required,
         "genes": len(pred.genes),
         "gene_report": expression.report.to_dict() if expression.report else None,
+        "feature_report": (
+            expression.feature_report.to_dict() if expression.feature_report else None
+        ),
         "treatments": pred.treatments,
         "threshold": pred.threshold,
         "calibrated": pred.calibration is not None,
