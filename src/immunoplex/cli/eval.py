@@ -38,10 +38,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         compare_name=cfg.compare_name,
         roc_band_boot=None if cfg.roc_band_boot is None else int(cfg.roc_band_boot),
         title=str(cfg.title),
+        survival_groups=int(cfg.get("survival_groups", 2)),
+        survival_horizons=cfg.get("survival_horizons"),
+        survival_time_column=cfg.get("survival_time_column"),
+        survival_event_column=cfg.get("survival_event_column"),
+    )
+
+
+def _survival_line(s: dict[str, Any]) -> str:
+    lr, hr = s["risk_groups"]["logrank"], s["risk_groups"]["hazard_ratio"]
+    return (
+        f"survival ({s['time_column']}, {s['n']} patients, {s['n_events']} events): "
+        f"C-index {s['harrell_c']:.3f}, log-rank p = {lr['p_value']:.3g}, "
+        f"HR {hr['hr']:.2f} [{hr['ci_low']:.2f}, {hr['ci_high']:.2f}]"
     )
 
 
 def _summary(result: dict[str, Any], out_dir: str) -> str:
+    if "overall" not in result:  # survival-only predictions
+        return "\n".join(
+            [_survival_line(result["survival"]), f"report: {Path(out_dir) / 'report.html'}"]
+        )
     m = result["overall"]["metrics"]["auroc"]
     inp = result["input"]
     auc = "undefined" if m["estimate"] is None else f"{m['estimate']:.3f}"
@@ -58,6 +75,8 @@ def _summary(result: dict[str, Any], out_dir: str) -> str:
             f"vs {result['comparison']['b']['name']}: dAUROC {d['difference']:+.3f}, "
             f"DeLong p = {d['p_value']:.3g}"
         )
+    if result.get("survival"):
+        lines.append(_survival_line(result["survival"]))
     lines.append(f"report: {Path(out_dir) / 'report.html'}")
     return "\n".join(lines)
 

@@ -46,6 +46,10 @@ def _pct(level: float) -> str:
 
 def build_blocks(r: dict[str, Any]) -> list[Block]:
     """Report content from the metrics dict written by ``evaluate_predictions``."""
+    if "overall" not in r:  # survival-only model: no response probability
+        b = [Block("h1", r.get("title", "Evaluation report"))]
+        b.append(Block("ul", [f"Predictions: `{r['input']['predictions']}`"]))
+        return b + survival_blocks(r.get("survival") or {}, r["settings"]["ci_level"])
     inp, st, ov = r["input"], r["settings"], r["overall"]
     ci = _pct(st["ci_level"])
     thr = st["threshold"]
@@ -211,9 +215,90 @@ def build_blocks(r: dict[str, Any]) -> list[Block]:
         if "plot" in c:
             b.append(Block("img", (c["plot"], "ROC curves on the shared patients")))
 
+    if r.get("survival"):
+        b += survival_blocks(r["survival"], st["ci_level"])
     if r.get("notes"):
         b.append(Block("h2", "Notes"))
         b.append(Block("ul", r["notes"]))
+    return b
+
+
+def _p(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def _hr(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "—"
+    return (
+        f"{fmt(h['hr'], 2)} [{fmt(h['ci_low'], 2)}, {fmt(h['ci_high'], 2)}], p = {_p(h['p_value'])}"
+    )
+
+
+def survival_blocks(s: dict[str, Any], level: float) -> list[Block]:
+    """Time to event: C-indices, time-dependent AUROC, IBS, KM by risk group, calibration."""
+    b = [Block("h2", f"Survival (`{s['time_column']}`, `{s['event_column']}`)")]
+    b.append(
+        Block(
+            "p",
+            f"{s['n']} patients with a time ({s['n_events']} events; {s['n_without_time']} "
+            "without a time are left out). Risk = the model's `risk` (log hazard).",
+        )
+    )
+    rows = [
+        ["Harrell's C-index", fmt(s["harrell_c"])],
+        [f"Uno's C-index (τ = {fmt(s['uno_tau'], 1)})", fmt(s["uno_c"])],
+        *[
+            [f"time-dependent AUROC at t = {a['horizon']:g}", fmt(a["auroc"])]
+            for a in s["time_auc"]
+        ],
+        [
+            f"integrated Brier score (t {fmt(s['brier_range'][0], 1)}–{fmt(s['brier_range'][1], 1)})",
+            fmt(s["integrated_brier"]),
+        ],
+        [f"hazard ratio per SD of risk ({_pct(level)} CI)", _hr(s.get("hazard_ratio_per_sd"))],
+    ]
+    b.append(Block("table", rows, ["Metric", "Value"]))
+    g = s["risk_groups"]
+    lr = g["logrank"]
+    b.append(Block("h2", f"Kaplan-Meier by predicted risk group ({g['split']})"))
+    b.append(
+        Block(
+            "table",
+            [[x["name"], x["n"], x["events"], fmt(x["median_survival"], 1)] for x in g["groups"]],
+            ["Group", "Patients", "Events", "Median survival"],
+        )
+    )
+    b.append(
+        Block(
+            "ul",
+            [
+                f"log-rank χ² = {fmt(lr['statistic'], 2)} (df {lr['df']}), p = {_p(lr['p_value'])}",
+                f"hazard ratio, higher vs lower risk group ({_pct(level)} CI, Cox): "
+                + _hr(g["hazard_ratio"]),
+            ],
+        )
+    )
+    if "km" in s.get("plots", {}):
+        b.append(Block("img", (s["plots"]["km"], "Kaplan-Meier curves by predicted risk group")))
+    if "calibration" in s:
+        c = s["calibration"]
+        b.append(Block("h2", f"Calibration of survival at t = {c['horizon']:g}"))
+        b.append(Block("p", f"Predicted S(t) from: {s.get('calibration_source', '—')}."))
+        b.append(
+            Block(
+                "table",
+                [
+                    [x["bin"] + 1, x["n"], fmt(x["predicted"]), fmt(x["observed"])]
+                    for x in c["bins"]
+                ],
+                ["Bin (predicted S quantile)", "Patients", "Mean predicted S", "Observed S (KM)"],
+            )
+        )
+        if "calibration" in s.get("plots", {}):
+            b.append(Block("img", (s["plots"]["calibration"], "Survival calibration")))
+    if s.get("notes"):
+        b.append(Block("ul", s["notes"]))
     return b
 
 

@@ -30,6 +30,8 @@ from immunoplex.evaluation.inputs import (
     PROB,
     load_predictions,
     pair_predictions,
+    read_predictions_csv,
+    resolve_prob_column,
 )
 from immunoplex.evaluation.metrics import (
     DEFAULT_ECE_BINS,
@@ -45,6 +47,11 @@ from immunoplex.evaluation.plots import (
     plot_decision_curve,
     plot_pr,
     plot_roc,
+)
+from immunoplex.evaluation.survival_eval import (
+    evaluate_survival,
+    survival_columns,
+    survival_section,
 )
 from immunoplex.utils.atomic import write_csv, write_text
 
@@ -140,6 +147,10 @@ def evaluate_predictions(
     roc_band_boot: int | None = None,
     title: str = "immunoplex evaluation",
     make_plots: bool = True,
+    survival_groups: int = 2,
+    survival_horizons: Sequence[float] | None = None,
+    survival_time_column: str | None = None,
+    survival_event_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one predictions table (optionally against a second) and write the report.
 
@@ -152,7 +163,25 @@ def evaluate_predictions(
         raise ConfigError(f"eval: n_boot must be >= 0, got {n_boot}")
     if not 0 < level < 1:
         raise ConfigError(f"eval: level must be in (0, 1), got {level}")
-    df, src = load_predictions(predictions, prob_column, source)
+    if int(survival_groups) < 2:
+        raise ConfigError(f"eval: survival_groups must be >= 2, got {survival_groups}")
+    surv_opts = dict(
+        time_column=survival_time_column, event_column=survival_event_column,
+        n_groups=int(survival_groups), horizons=survival_horizons, level=level,
+    )  # fmt: skip
+    raw = (
+        predictions if isinstance(predictions, pd.DataFrame) else read_predictions_csv(predictions)
+    )
+    if survival_columns(list(raw.columns), survival_time_column, survival_event_column) and (
+        resolve_prob_column(list(raw.columns), prob_column) not in raw.columns
+    ):  # a survival-only model (task=survival): no probability to evaluate
+        src = source or (
+            "predictions" if isinstance(predictions, pd.DataFrame) else str(predictions)
+        )
+        return evaluate_survival(raw, src, Path(out_dir), title, make_plots, name, **surv_opts)
+    df, src = load_predictions(
+        raw, prob_column, source or (None if raw is predictions else str(predictions))
+    )
     col = df.attrs["prob_column"]
     name = name or (
         Path(src).stem if source is None and not isinstance(predictions, pd.DataFrame) else "model"
@@ -271,6 +300,10 @@ def evaluate_predictions(
         )
         if "plot" in result["comparison"]:
             result["plots"]["roc_compare"] = result["comparison"]["plot"]
+
+    surv = survival_section(df, src, plots if make_plots else None, **surv_opts)
+    if surv is not None:
+        result["survival"] = surv
 
     result = _clean(result)
     _write_tables(result, out)
