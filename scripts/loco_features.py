@@ -275,8 +275,12 @@ def _report(args, prepared, result, summary, models, sigs, best, partial, final,
         f"- Classic signatures (no training): {classic}.",
         f"- Rank-based signatures (singscore, no training): {rank_sets}; `IMPRES` = fraction of "
         f"the computable IMPRES pairs (Auslander et al., Nat Med 2018: {pairs}) that hold.",
-        "- Earlier models (scripts/loco_icb.py, z-scored genes): elastic-net pooled 0.50 / mean "
+        "- Earlier models (scripts/loco_icb.py, z-scored genes; tables in "
+        "[expression_baselines.md](expression_baselines.md)): elastic-net pooled 0.50 / mean "
         "0.58, MLP pooled 0.57 / mean 0.62.",
+        "- The same feature builder is the multimodal model's expression branch with "
+        "`immunoplex-train expression_norm=features` (configs/expression_norm/features.yaml; "
+        '[models.md](models.md), "Expression as transferable features").',
         "",
         "Chosen C per held-out cohort:",
         "",

@@ -1,8 +1,10 @@
-"""Leave-one-cohort-out evaluation on the seven public ICB cohorts; writes a Markdown table.
+"""Leave-one-cohort-out baselines (elastic-net, MLP on z-scored genes) on the seven public ICB
+cohorts; writes docs/expression_baselines.md (the transferable-feature models of
+scripts/loco_features.py write docs/expression_results.md).
 
 Usage (from the repository root):
 
-    .venv/bin/python scripts/loco_icb.py --realdata ../shared/realdata --out docs/expression_results.md
+    .venv/bin/python scripts/loco_icb.py --realdata ../shared/realdata --out docs/expression_baselines.md
 
 For each held-out cohort the models (elastic-net logistic regression; expression-only torch
 ResponseModel) are trained on the six others only, and the classic baselines (CD274, CD8A, CYT,
@@ -54,10 +56,15 @@ def _report(args: argparse.Namespace, prepared, result, summary, norm_cfg, final
     n_lab = int((prepared.labels >= 0).sum())
     cmd = (
         ".venv/bin/python scripts/loco_icb.py --realdata ../shared/realdata "
-        "--out docs/expression_results.md"
+        "--out docs/expression_baselines.md"
     )
     lines = [
-        "# Expression models on seven public ICB cohorts (leave-one-cohort-out)",
+        "# Expression baselines on seven public ICB cohorts (leave-one-cohort-out)",
+        "",
+        "Elastic-net and MLP on per-cohort z-scored genes. The transferable within-sample "
+        "features (gene-set singscores, gene pairs, ranks), their LOCO results against the same "
+        "signatures and the saved model: [expression_results.md](expression_results.md) "
+        "(`scripts/loco_features.py`).",
         "",
         "Produced by (from the repository root, with the shared data beside it):",
         "",
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prepared", type=Path, default=None, help="use a scripts/prepare_icb.py output dir"
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "expression_results.md")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "expression_baselines.md")
     parser.add_argument(
         "--normalisation",
         type=Path,
