@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from immunoplex.training.survival import cox_loss
+from immunoplex.models.survival import cox_loss
 
 
 def _data(n: int = 200, seed: int = 0):

@@ -9,7 +9,7 @@ patients with a time (missing = unlabelled). For each held-out cohort:
 - ``cox_signatures``: a Cox model (lifelines, stratified by training cohort, ridge 0.1) on the
   within-cohort z-scored signature scores, fitted on the other cohorts;
 - ``cox_ridge_genes``: a linear Cox model on within-cohort z-scored genes, trained with
-  :func:`immunoplex.training.survival.cox_loss` (full batch = each training cohort its own risk
+  :func:`immunoplex.models.survival.cox_loss` (full batch = each training cohort its own risk
   set, i.e. stratified; L2 penalty ``ridge``), fitted on the other cohorts.
 
 Harrell's C-index per held-out cohort with a percentile bootstrap CI; the pooled figure is the
@@ -70,7 +70,7 @@ def icb_survival(realdata: str | Path, patient_ids: Sequence[str]) -> pd.DataFra
 def _fit_ridge_cox(x: np.ndarray, t: np.ndarray, e: np.ndarray, strata: np.ndarray, ridge: float):
     import torch
 
-    from immunoplex.training.survival import cox_loss
+    from immunoplex.models.survival import cox_loss
 
     xt = torch.tensor(x, dtype=torch.float64)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
