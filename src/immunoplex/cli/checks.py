@@ -171,6 +171,19 @@ def check_resume_checkpoint(cfg: Any, key: str = "ckpt_path") -> None:
 # per app
 
 
+def check_tiling(cfg: Any) -> None:
+    """The ``tiling`` group (configs/tiling), shared by training, embedding and immunoplex-tile."""
+    check_int(cfg, "tiling.tile_size", 1)
+    check_number(cfg, "tiling.mpp", 0, low_open=True)
+    check_int(cfg, "tiling.stride", 1, nullable=True)
+    check_number(cfg, "tiling.min_tissue", 0, 1)
+    check_number(cfg, "tiling.mask_mpp", 0, low_open=True, nullable=True)
+    check_int(cfg, "tiling.mask_max_side", 1)
+    check_number(cfg, "tiling.smooth_um", 0)
+    check_number(cfg, "tiling.min_object_um2", 0)
+    check_number(cfg, "tiling.max_hole_um2", 0)
+
+
 def validate_train(cfg: Any) -> None:
     """``configs/train.yaml`` (immunoplex-train, -cv, -embed)."""
     check_int(cfg, "seed")
@@ -181,9 +194,8 @@ def validate_train(cfg: Any) -> None:
     check_int(cfg, "data.global_batch_size", 1, nullable=True)
     check_int(cfg, "data.num_workers", 0)
     check_int(cfg, "data.prep_workers", 1, nullable=True)
-    check_int(cfg, "data.tile_size", 1)
     check_int(cfg, "data.max_eval_tiles", 1, nullable=True)
-    check_number(cfg, "data.mpp", 0, low_open=True, nullable=True)
+    check_tiling(cfg)
     check_choice(cfg, "data.on_bad_slide", ("error", "skip"))
     check_choice(cfg, "data.split.mode", ("fixed", "kfold", "nested", "loco"))
     check_int(cfg, "data.split.n_folds", 2)
@@ -260,8 +272,5 @@ def validate_tile(cfg: Any) -> None:
     check_out_key(cfg)
     check_int(cfg, "workers", 1, nullable=True)
     check_number(cfg, "mpp", 0, low_open=True, nullable=True)
-    check_int(cfg, "tiling.tile_size", 1)
-    check_number(cfg, "tiling.mpp", 0, low_open=True)
-    check_int(cfg, "tiling.stride", 1, nullable=True)
-    check_number(cfg, "tiling.min_tissue", 0, 1)
+    check_tiling(cfg)
     check_int(cfg, "qc.max_size", 1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from immunoplex.errors import ImmunoplexError
+from immunoplex.utils.atomic import is_temporary
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -128,9 +130,25 @@ def user_error_message(err: BaseException) -> str | None:
 _interrupted = False
 
 
+def _drop_interrupt_notice(record: logging.LogRecord) -> bool:
+    """Lightning logs its own "Detected KeyboardInterrupt, attempting graceful shutdown" line;
+    the one line an interrupt prints is ours."""
+    return "KeyboardInterrupt" not in str(record.msg)
+
+
+_LIGHTNING_LOGGERS = (
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+)
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     global _interrupted
     _interrupted = True
+    for name in _LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if _drop_interrupt_notice not in logger.filters:
+            logger.addFilter(_drop_interrupt_notice)
     raise KeyboardInterrupt
 
 
@@ -236,18 +254,104 @@ def precheck(config_name: str, argv: Sequence[str], validate: Validator | None) 
     return Path(str(run_dir))
 
 
-def _remove_if_empty(path: Path) -> None:
-    """Remove a run directory this run created when a failure left only Hydra's bookkeeping in
-    it (``.hydra/``, the job's ``*.log``): a failed run must not look like a run."""
+VALUABLE = ("*.ckpt", "model.*", "predictions*", "cv_summary*", "embeddings*")
+"""Files that make a failed run directory worth keeping (renamed ``<dir>.failed``)."""
+
+
+def _is_bookkeeping(rel: Path) -> bool:
+    """Hydra's ``.hydra/``, the job's ``*.log``, the resolved ``config.yaml``, Lightning's logs."""
+    top = rel.parts[0] if rel.parts else ""
+    return (
+        top in (".hydra", "logs", "tensorboard", "wandb", "mlruns")
+        or (len(rel.parts) == 1 and (rel.suffix == ".log" or rel.name == "config.yaml"))
+        or is_temporary(rel)
+    )
+
+
+OUT_DIR_APPS = ("predict", "synth", "eval", "tile", "cells")
+"""Apps whose run directory is the user's ``out_dir``: they skip finished work on a re-run, so a
+failed run's outputs are kept for it (their last file, e.g. ``predictions.csv``, marks a finished
+run); only a directory holding nothing but bookkeeping is removed."""
+
+
+def retire_failed_run(path: Path, keep: bool = False) -> Path | None:
+    """A failed run must not look like a run. A run directory holding only bookkeeping (see
+    :func:`_is_bookkeeping`) is removed; one holding anything else (checkpoints to resume from,
+    partial predictions) is renamed ``<dir>.failed`` (``.failed.2``... if taken) and the new path
+    returned (``keep``: left in place for a resuming re-run). A finished run is marked by its ``summary.json``, written last."""
     if not path.is_dir():
+        return None
+    files = [Path(root, f).relative_to(path) for root, _, names in os.walk(path) for f in names]
+    if all(_is_bookkeeping(f) for f in files):
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    if keep:
+        return path
+    target = path.with_name(f"{path.name}.failed")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.failed.{n}")
+    try:
+        path.rename(target)
+    except OSError:
+        return None
+    return target
+
+
+def remove_temporaries(root: str | os.PathLike[str]) -> int:
+    """Delete the temporary files a killed run left under ``root`` (``.name.XXXX.tmp.ext``
+    from :func:`immunoplex.utils.atomic.atomic_path`); returns how many. Call it only where this
+    process is the directory's one writer (the start of a run)."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    n = 0
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "cache"]  # the tile cache has its own rules
+        for name in names:
+            p = Path(dirpath, name)
+            if is_temporary(p):
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest ancestor of ``path`` (or itself) that does not exist yet."""
+    first = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        first = p
+    return first
+
+
+def _remove_empty_parents(run_dir: Path, first_new: Path | None) -> None:
+    """Remove the parents a failed run created (``runs/train/``...), when left empty."""
+    if first_new is None:
         return
-    for root, _, files in os.walk(path):
-        rel = Path(root).relative_to(path)
-        if rel.parts[:1] == (".hydra",):
-            continue
-        if any(not (rel == Path(".") and f.endswith(".log")) for f in files):
-            return
-    shutil.rmtree(path, ignore_errors=True)
+    for p in (run_dir, *run_dir.parents):
+        if p.is_dir():
+            if any(p.iterdir()):
+                break
+            p.rmdir()
+        if p == first_new:
+            break
+
+
+def _route_lightning_logs() -> None:
+    """Lightning, imported before Hydra configured logging, gives its loggers a stderr handler of
+    their own ("INFO: Seed set to 0" on stderr); send their records to Hydra's handlers (console
+    on stdout and the job log) like every other logger."""
+    import lightning  # noqa: F401 - its import adds the handler: import first, then remove it
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if type(h) is logging.StreamHandler:
+                logger.removeHandler(h)
+        logger.propagate = True
 
 
 def hydra_app(
@@ -266,6 +370,8 @@ def hydra_app(
         def checked_task(cfg: Any) -> Any:
             # inside Hydra's job: convert here, or Hydra prints "Error executing job..." first
             def body() -> Any:
+                if config_name == "train" or "lightning" in sys.modules:
+                    _route_lightning_logs()
                 if validate is not None:
                     validate(cfg)
                 return task(cfg)
@@ -288,6 +394,13 @@ def hydra_app(
             def body() -> None:
                 run_dir = precheck(config_name, sys.argv[1:], validate)
                 created = run_dir is not None and not run_dir.exists()
+                first_new = _first_missing(run_dir) if created and run_dir is not None else None
+                given = any(a.startswith(("hydra.run.dir=", "++hydra.run.dir=")) for a in sys.argv)
+                if run_dir is not None and not given and "'" not in str(run_dir):
+                    # pin the directory checked above (${now:...} would move a second later)
+                    sys.argv.append(f"hydra.run.dir='{run_dir}'")
+                if run_dir is not None and not created and config_name in OUT_DIR_APPS:
+                    remove_temporaries(run_dir)  # left by a killed run (this run is the writer)
                 os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; run_cli reports
                 os.environ["_IMMUNOPLEX_OWNS_FULL_ERROR"] = "1"
                 ok = False
@@ -296,7 +409,11 @@ def hydra_app(
                     ok = True
                 finally:
                     if created and not ok and run_dir is not None:
-                        _remove_if_empty(run_dir)
+                        if config_name in OUT_DIR_APPS:  # resumable: keep work, drop bookkeeping
+                            retire_failed_run(run_dir, keep=True)
+                        else:
+                            retire_failed_run(run_dir)
+                        _remove_empty_parents(run_dir, first_new)
                     os.environ.pop("_IMMUNOPLEX_OWNS_FULL_ERROR", None)
                     if user_full_error is None:
                         os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -33,6 +33,7 @@ from immunoplex.expression.io import read_expression
 from immunoplex.expression.normalise import ExpressionNormalizer
 from immunoplex.io.panel import Panel, default_aliases
 from immunoplex.tiles.cache import TileCache, TileSet
+from immunoplex.tiles.empty import check_not_empty
 from immunoplex.tiles.params import TilingParams
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,19 @@ class ResponseDataModule(L.LightningDataModule):
                     raise
                 self.skipped.append(f"{row.slide_id}: {err}")
                 continue
-            if len(ts.coords) == 0:
+            if len(ts.coords) == 0:  # an empty image is a bad slide, not "no tissue"
+                try:
+                    check_not_empty(
+                        row.image_path,
+                        self.params,
+                        mpp=self._slide_mpp(row),
+                        channel_names=slide_channel_names(row),
+                    )
+                except ImmunoplexError as err:
+                    if self.cfg.on_bad_slide != "skip":
+                        raise
+                    self.skipped.append(f"{row.slide_id}: {err}")
+                    continue
                 self.skipped.append(f"{row.slide_id}: no tissue tiles")
                 continue
             self.slide_keys[str(row.slide_id)] = ts.key

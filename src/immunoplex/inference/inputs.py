@@ -201,19 +201,23 @@ def _manifest_inputs(
 
 def read_clinical_table(path: str | Path, columns: Sequence[str]) -> dict[str, dict[str, float]]:
     """``patient_id`` + clinical columns (CSV/TSV/Parquet) -> {patient: {column: value}}
-    (empty and NA cells dropped)."""
+    (empty and NA cells dropped). Every one of ``columns`` (the model's) must be in the table."""
     p = Path(path)
     df = read_table(p, "clinical table")
     if "patient_id" not in df.columns:
         raise ManifestError(
             f"{p}: clinical table needs a patient_id column; has {list(df.columns)}"
         )
+    absent = [c for c in columns if c not in df.columns]
+    if absent:  # a misnamed column would silently predict every patient without the value
+        raise ManifestError(
+            f"{p}: clinical table has no column {absent[0]!r} (the model's clinical columns: "
+            f"{list(columns)}); has {list(df.columns)}"
+        )
     out: dict[str, dict[str, float]] = {}
     for i, row in enumerate(df.itertuples(index=False), start=2):
         vals: dict[str, float] = {}
         for c in columns:
-            if c not in df.columns:
-                continue
             v = str(getattr(row, c) if c.isidentifier() else row[list(df.columns).index(c)])
             if v.strip().lower() in MISSING_TEXT:
                 continue

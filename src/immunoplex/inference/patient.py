@@ -31,6 +31,7 @@ from immunoplex.inference.stream import (
     streamed_slide_tiles,
 )
 from immunoplex.tiles.cache import slide_fingerprint
+from immunoplex.tiles.empty import check_not_empty
 from immunoplex.tiles.intensity import IntensityNorm
 from immunoplex.utils.atomic import write_json
 from immunoplex.utils.names import safe_name
@@ -77,6 +78,8 @@ def _load_slide(ctx: PatientContext, s: SlideInput) -> tuple[SlideTiles | None, 
         required=pred.required,
         channel_names=s.channel_names,
     )
+    if len(ts.coords) == 0:  # an empty image is a bad slide, not "no tissue"
+        check_not_empty(s.path, pred.params, s.mpp, s.channel_names)
     info = _slide_info(s, len(ts.coords), ts.slide_channels, ts.channels, ts.present)
     if len(ts.coords) == 0:
         return None, info
@@ -153,6 +156,13 @@ def _streamed_slides(
             except ImmunoplexError as err:
                 _skip_or_raise(ctx, err, errors)
                 continue
+            if not len(o.grid):  # an empty image is a bad slide, not "no tissue"
+                try:
+                    check_not_empty(s.path, pred.params, s.mpp, s.channel_names)
+                except ImmunoplexError as err:
+                    o.close()
+                    _skip_or_raise(ctx, err, errors)
+                    continue
             opened.append((s, o))
         slides: list[SlideTiles] | None = None
         while slides is None:

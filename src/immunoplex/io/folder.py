@@ -6,6 +6,7 @@ from pathlib import Path
 
 from immunoplex.errors import SlideReadError
 from immunoplex.io.base import Plane, Slide, open_tiff, series_planes, tag_mpp
+from immunoplex.io.panel import marker_key
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -27,6 +28,21 @@ def stem(path: Path) -> str:
     return path.stem
 
 
+def check_channel_names(folder: Path, files: list[Path]) -> None:
+    """Markers are matched by :func:`~immunoplex.io.panel.marker_key` (case, punctuation and
+    suffixes ignored), so ``CD8.tif`` and ``cd8.tif`` (or ``CD8.tif`` and ``CD8.tiff``) would be
+    the same channel: refuse instead of resolving one of them silently."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        key = marker_key(stem(f))
+        if key in seen:
+            raise SlideReadError(
+                f"{folder}: {seen[key].name} and {f.name} name the same channel "
+                f"({stem(seen[key])!r} vs {stem(f)!r}, marker names ignore case and punctuation); keep one"
+            )
+        seen[key] = f
+
+
 class FolderSlide(Slide):
     """One channel per TIFF; all files must share the size (and pyramid, to use its levels)."""
 
@@ -37,6 +53,7 @@ class FolderSlide(Slide):
         files = marker_files(path)
         if not files:
             raise SlideReadError(f"{path}: folder contains no .tif/.tiff files")
+        check_channel_names(path, files)
         per_file: list[list[Plane]] = []
         mpps: list[float | None] = []
         for f in files:

@@ -184,6 +184,18 @@ class PageReader:
         )
 
     # ------------------------------------------------------------------ segments
+    @property
+    def missing_fraction(self) -> float:
+        """Fraction of the page's segments the file holds no data for (offset or byte count 0).
+
+        TIFF allows such sparse segments (they read as 0); a page missing nearly all of them is
+        a damaged or unfinished file, not an empty image (see ``tiles.empty``)."""
+        n = self.layout.rows * self.layout.cols * (self.layout.samples if self.layout.planar else 1)
+        if n == 0:
+            return 0.0
+        off, cnt = self.offsets[:n], self.counts[:n]
+        return float(np.count_nonzero((off == 0) | (cnt == 0))) / n
+
     def end_of_data(self) -> int:
         """Largest byte position any segment reaches (to detect truncated files)."""
         if len(self.offsets) == 0:
