@@ -58,33 +58,41 @@ def test_streamed_equals_cached_path(trained_ckpt: Path, tiny_cohort: Path, tmp_
 def test_streaming_reads_bounded_batches(
     trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No read asks for more than chunk_size tiles; every tile is read exactly once to encode."""
+    """No read asks for more than chunk_size tiles; every tile is read exactly once: the
+    statistics sample (encoded first, not re-read) or one encoding batch."""
+    import immunoplex.inference.prefetch as pf
+
     sizes: list[int] = []
     seen: list[np.ndarray] = []
+    sampled: list[int] = []
     real = ps.LazyTiles.read
 
     def spy(self: ps.LazyTiles, sel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         sizes.append(len(sel))
         if out is not None:  # encoding reads (statistics sampling passes no buffer)
             seen.append(np.asarray(sel).copy())
+        else:
+            sampled.append(len(sel))
         return real(self, sel, out)
 
     monkeypatch.setattr(ps.LazyTiles, "read", spy)
+
     # statistics from one sampled tile, so encoding cannot reuse a whole-slide sample
-    monkeypatch.setattr(
-        predict_module,
-        "fit_slide_norm",
-        lambda tiles, present, coords, lo, hi: IntensityNorm.fit(
+    def one_tile(tiles, present, coords, lo, hi):  # type: ignore[no-untyped-def]
+        return IntensityNorm.fit(
             tiles, present=present, low_pct=lo, high_pct=hi, max_pixels=tiles.shape[-1] ** 2
-        ),
-    )
+        )
+
+    monkeypatch.setattr(predict_module, "fit_slide_norm", one_tile)
+    monkeypatch.setattr(pf, "fit_slide_norm", one_tile)
     ids = _patients(tiny_cohort, 0)[:1]
     manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
     df = _run(trained_ckpt, manifest, tmp_path / "o", chunk_size=3)
     n = int(df["n_tiles"].iloc[0])
     enc = np.concatenate(seen)
     assert max(len(s) for s in seen) == 3
-    assert len(enc) == n  # two slides: each tile once, no duplicates
+    assert sampled == [1, 1]  # two slides, one statistics tile each
+    assert len(enc) + sum(sampled) == n  # each tile once: sampled, or read in a batch
     assert sorted(set(sizes) - {3}) in ([1], [1, 2], [2])  # 1: statistics sample; 2: a last batch
 
 
@@ -168,3 +176,99 @@ def test_a_slide_failing_mid_read_is_skipped_and_reported(
     )
     assert "truncated segment" in str(row["skipped_slides"])
     assert 0 < row["n_tiles"] < full["n_tiles"].iloc[0]
+
+
+def test_prefetched_sample_first_equals_serial(
+    trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slides prepared ahead in the background (inference.prefetch) with their statistics sample
+    encoded first give the numbers of the serial path; every tile is read once."""
+    import immunoplex.inference.prefetch as pf
+    import immunoplex.inference.run as run_module
+    from immunoplex.tiles.intensity import IntensityNorm as Norm
+
+    def small_sample(tiles, present, coords, low_pct, high_pct):  # type: ignore[no-untyped-def]
+        # a sample of 6 tiles, not the whole (tiny) slide: the sample-first path runs
+        return Norm.fit(
+            tiles,
+            present=present,
+            low_pct=low_pct,
+            high_pct=high_pct,
+            coords=coords,
+            max_pixels=6 * tiles.shape[2] * tiles.shape[3],
+        )
+
+    monkeypatch.setattr(pf, "fit_slide_norm", small_sample)
+    monkeypatch.setattr(predict_module, "fit_slide_norm", small_sample)
+    reads: list[tuple[int, int]] = []
+    real_read = ps.LazyTiles.read
+
+    def counted(self, sel, out=None):  # type: ignore[no-untyped-def]
+        reads.extend((id(self.s), int(i)) for i in sel)
+        return real_read(self, sel, out)
+
+    monkeypatch.setattr(ps.LazyTiles, "read", counted)
+    ids = _patients(tiny_cohort, 3)
+    manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
+    ahead = _run(trained_ckpt, manifest, tmp_path / "a", chunk_size=4)
+    assert len(reads) == len(set(reads))  # no tile read twice
+    assert len(reads) == int(ahead["n_tiles"].sum())
+
+    class Serial:
+        def __init__(self, prepare, ahead=1):  # type: ignore[no-untyped-def]
+            self.prepare = prepare
+
+        def schedule(self, slides):  # type: ignore[no-untyped-def]
+            pass
+
+        def take(self, s):  # type: ignore[no-untyped-def]
+            return self.prepare(s)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(run_module, "SlidePrefetcher", Serial)
+    serial = _run(trained_ckpt, manifest, tmp_path / "b", chunk_size=4)
+    np.testing.assert_allclose(ahead.loc[ids, "logit"], serial.loc[ids, "logit"], atol=1e-6)
+
+
+def test_slide_prefetcher_order_bound_errors() -> None:
+    import threading
+    import time as _time
+
+    from immunoplex.inference.prefetch import SlidePrefetcher
+
+    class S:
+        def __init__(self, i: int) -> None:
+            self.slide_id, self.path = f"s{i}", f"/x/{i}"
+
+    class Opened:
+        def __init__(self, s: S) -> None:
+            self.s, self.closed = s, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def prepare(s: S) -> Opened:
+        with lock:
+            started.append(s.slide_id)
+        if s.slide_id == "s2":
+            raise SlideReadError("s2 is broken")
+        return Opened(s)
+
+    slides = [S(i) for i in range(5)]
+    pf = SlidePrefetcher(prepare, ahead=1)
+    pf.schedule(slides)
+    _time.sleep(0.2)
+    assert started == ["s0", "s1"]  # the next one and one ahead, no more
+    assert pf.take(slides[0]).s is slides[0]
+    assert pf.take(slides[1]).s is slides[1]
+    with pytest.raises(SlideReadError):
+        pf.take(slides[2])  # raised in the caller's thread
+    _time.sleep(0.2)
+    assert started == ["s0", "s1", "s2", "s3", "s4"]
+    pf.close()  # s3, s4 prepared, never taken: closed
+    assert started == ["s0", "s1", "s2", "s3", "s4"]

@@ -101,3 +101,4 @@ class PatientContext:
     cache: TileCache
     expression: ExpressionInputs
     clinical_table: dict[str, dict[str, float]]
+    prefetch: Any = None  # inference.prefetch.SlidePrefetcher: streamed slides prepared ahead

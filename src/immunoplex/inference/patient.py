@@ -23,11 +23,11 @@ from immunoplex.inference.inputs import (
     SlideInput,
     treatment_index,
 )
+from immunoplex.inference.prefetch import prepare_slide
 from immunoplex.inference.stream import (
     LazyTiles,
     OpenedSlide,
     embed_streamed,
-    open_for_streaming,
     streamed_slide_tiles,
 )
 from immunoplex.tiles.cache import slide_fingerprint
@@ -119,8 +119,8 @@ def _encode_opened(ctx: PatientContext, o: OpenedSlide, cm: torch.Tensor) -> Sli
     if "image" not in pred.modalities:
         norm = IntensityNorm([0.0] * c, [1.0] * c, o.match.present)
         return streamed_slide_tiles(o, norm, np.zeros((len(o.grid), 0)))
-    lazy = LazyTiles(o, c)
-    norm = fit_slide_norm(lazy, o.present, o.grid.coords, pred.low_pct, pred.high_pct)
+    lazy = o.lazy or LazyTiles(o, c)  # prepared ahead (inference.prefetch), or now
+    norm = o.norm or fit_slide_norm(lazy, o.present, o.grid.coords, pred.low_pct, pred.high_pct)
     emb = embed_streamed(
         lambda x: pred.model.embed_tiles(x, cm[None, :].expand(x.shape[0], -1)),
         lazy,
@@ -144,15 +144,7 @@ def _streamed_slides(
     try:
         for s in p.slides:
             try:
-                o = open_for_streaming(
-                    s.path,
-                    s.slide_id,
-                    pred.panel,
-                    pred.params,
-                    s.mpp,
-                    pred.required,
-                    s.channel_names,
-                )
+                o = ctx.prefetch.take(s) if ctx.prefetch is not None else prepare_slide(pred, s)
             except ImmunoplexError as err:
                 _skip_or_raise(ctx, err, errors)
                 continue

@@ -29,6 +29,7 @@ from immunoplex.inference.options import PatientContext, PredictOptions
 from immunoplex.inference.outputs import COLUMN_ORDER, _calibrate, write_predictions
 from immunoplex.inference.patient import _finished, patient_key, predict_patient
 from immunoplex.inference.predictor import Predictor
+from immunoplex.inference.prefetch import SlidePrefetcher, prepare_slide
 from immunoplex.tiles.cache import TileCache
 from immunoplex.utils.atomic import write_json
 from immunoplex.utils.names import safe_name
@@ -73,16 +74,29 @@ def predict(cfg: Any) -> pd.DataFrame:
 
     results = []
     n_skipped = 0
-    for p in tqdm(patients, desc="immunoplex-predict", unit="patient", disable=not opts.progress):
-        key = patient_key(ctx, p)
-        done = _finished(ctx, p, key)
-        if done is None:
-            done = {"key": key, **predict_patient(ctx, p)}
-            path = out_dir / "patients" / f"{safe_name(p.patient_id)}.json"
-            write_json(path, done)
-        else:
-            n_skipped += 1
-        results.append(done)
+    keys = [patient_key(ctx, p) for p in patients]
+    finished = [_finished(ctx, p, k) for p, k in zip(patients, keys, strict=True)]
+    if not opts.explain:  # streamed: slide k+1 is opened and its statistics fitted meanwhile
+        ctx.prefetch = SlidePrefetcher(lambda s: prepare_slide(pred, s), ahead=1)
+        ctx.prefetch.schedule(
+            s for p, f in zip(patients, finished, strict=True) if f is None for s in p.slides
+        )
+    try:
+        it = zip(patients, keys, finished, strict=True)
+        for p, key, done in tqdm(
+            list(it), desc="immunoplex-predict", unit="patient", disable=not opts.progress
+        ):
+            if done is None:
+                done = {"key": key, **predict_patient(ctx, p)}
+                path = out_dir / "patients" / f"{safe_name(p.patient_id)}.json"
+                write_json(path, done)
+            else:
+                n_skipped += 1
+            results.append(done)
+    finally:
+        if ctx.prefetch is not None:
+            ctx.prefetch.close()
+            ctx.prefetch = None
     if n_skipped:
         log.info("%d patient(s) already finished in %s were not recomputed", n_skipped, out_dir)
     df = pd.DataFrame([r["row"] for r in results])

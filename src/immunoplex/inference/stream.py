@@ -40,6 +40,9 @@ class OpenedSlide:
     slide: Slide
     match: PanelMatch
     grid: TileGrid
+    # Set when prepared ahead (inference.prefetch): the tile reader and the fitted statistics.
+    lazy: LazyTiles | None = None
+    norm: IntensityNorm | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -98,6 +101,8 @@ class LazyTiles:
         self.dtype = s.dtype
         self.ndim = 4
         self.all_tiles: np.ndarray | None = None  # every tile, when one read returned them all
+        # (indices, tiles) of the statistics sample: encoded first, so they are not read twice
+        self.sample: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -109,6 +114,8 @@ class LazyTiles:
             # the statistics sample is the whole slide (small slides): keep it for encoding
             # (bounded by IntensityNorm's pixel budget) instead of reading the slide twice
             self.all_tiles = tiles
+        elif self.all_tiles is None:
+            self.sample = (sel, tiles)
         return tiles
 
     def read(self, sel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -138,19 +145,31 @@ def embed_streamed(
 
     ``encode`` maps normalised tiles (M, C, T, T) on ``device`` to (M, D). With ``prefetch`` the
     next batch is read in a background thread while this one is encoded (two buffers in turn).
-    Tiles already held by ``lazy`` (a small slide read whole for its statistics) are not re-read.
+    Tiles already held by ``lazy`` are not re-read: a small slide read whole for its statistics,
+    or a large slide's statistics sample, whose batches are encoded first (the reader thread reads
+    the first batches of the rest meanwhile).
     """
     n = len(lazy)
     normalise = tile_normaliser(lazy.dtype, norm, device, n * lazy.shape[2] * lazy.shape[3])
     held = lazy.all_tiles
     order = np.arange(n) if held is not None else read_order(lazy.s.slide, lazy.s.grid, lazy.s.src)
     batches = [order[a : a + batch_size] for a in range(0, n, batch_size)]
+    sample_batches: list[tuple[np.ndarray, np.ndarray]] = []
+    if held is None and lazy.sample is not None and len(lazy.sample[0]) < n:
+        sel, tiles_s = lazy.sample
+        lazy.sample = None  # held only until encoded
+        sample_batches = [
+            (sel[a : a + batch_size], tiles_s[a : a + batch_size])
+            for a in range(0, len(sel), batch_size)
+        ]
+        rest = order[~np.isin(order, sel)]
+        batches = [rest[a : a + batch_size] for a in range(0, len(rest), batch_size)]
     rows = min(batch_size, max(n, 1))
     # two read buffers in turn (none when the tiles are already held)
     bufs = [
         np.zeros((rows, *lazy.shape[1:]), lazy.dtype) for _ in range(0 if held is not None else 2)
     ]
-    use_pool = prefetch and held is None and len(batches) > 1
+    use_pool = prefetch and held is None and (len(batches) > 1 or bool(sample_batches))
     pool = ThreadPoolExecutor(1, thread_name_prefix="immunoplex-read") if use_pool else None
 
     def fetch(k: int) -> Future[np.ndarray] | np.ndarray:
@@ -162,6 +181,8 @@ def embed_streamed(
 
     def normalised() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pending = fetch(0) if batches else None
+        for sel, tiles in sample_batches:
+            yield sel, normalise(tiles)
         for k, sel in enumerate(batches):
             assert pending is not None
             tiles = pending.result() if isinstance(pending, Future) else pending

@@ -139,6 +139,9 @@ class ResponseModule(L.LightningModule):
             logit, label.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
         )
         loss = (per_patient * weight).sum() / weight.sum().clamp(min=1.0)
+        penalty = getattr(self.model, "penalty", None)
+        if stage == "train" and callable(penalty):  # e.g. the feature model's L2 terms
+            loss = loss + penalty()
         # Metrics see the epoch's probabilities once, at its end: selecting the labelled patients
         # (a boolean index) and torchmetrics' argument checks would each sync every step.
         self._epoch_outputs.setdefault(stage, []).append(
