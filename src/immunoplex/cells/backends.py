@@ -92,9 +92,10 @@ class ClassicalBackend:
     threshold_scale: float = 1.0
     local_block_um: float = 21.0
     local_floor: float = 0.15  # x the slide's Otsu threshold: the local one never goes below it
+    object_floor: float = 0.25  # x Otsu: a nucleus needs one (smoothed) pixel above it (hysteresis)
     seed_distance_um: float = 2.5
     seed_footprint_um: float = 2.0
-    min_nucleus_um2: float = 6.0
+    min_nucleus_um2: float = 10.0
     expand_um: float = 3.0
     min_expand_um: float = 1.0
     membrane_smooth_um: float = 0.5
@@ -138,7 +139,16 @@ class ClassicalBackend:
                 if (self.nuclear_threshold is None)
                 else self.nuclear_threshold
             )
-            return fg & (s > self.local_floor * float(glob))  # not in empty background
+            fg &= s > self.local_floor * float(glob)  # not in empty background
+            if self.object_floor > 0:  # hysteresis: an object needs a pixel this bright
+                from scipy import ndimage as ndi
+
+                lab, n = ndi.label(fg)
+                keep = np.zeros(n + 1, bool)
+                keep[np.unique(lab[s > self.object_floor * float(glob)])] = True
+                keep[0] = False
+                fg = keep[lab]
+            return fg
         if self.threshold != "otsu":
             raise ConfigError(
                 f"classical threshold must be 'otsu' or 'local', not {self.threshold!r}"

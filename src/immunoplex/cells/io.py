@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from immunoplex.cells.quantify import CellTable
-from immunoplex.utils.atomic import atomic_path, write_parquet, write_text
+from immunoplex.utils.atomic import atomic_path, write_parquet
 from immunoplex.utils.jsonsafe import to_json
 
 # ----------------------------------------------------------------------------- AnnData / Parquet
@@ -235,45 +235,98 @@ def cell_outlines(
     return out
 
 
+class OutlineSpool:
+    """Cell outlines spooled to a temporary file beside the outputs as tiles are traced, so a
+    slide's outlines are never all in memory; ``get`` reads one back by cell id."""
+
+    def __init__(self, directory: str | Path) -> None:
+        import tempfile
+
+        self._fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by close()
+            "w+b", dir=directory, prefix=".outlines.", suffix=".tmp", delete=False
+        )
+        self.path = Path(self._fh.name)
+        self._ids: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
+
+    def update(self, outlines: Mapping[int, list[list[float]]]) -> None:
+        ids, offs = [], []
+        for cid, ring in outlines.items():
+            ids.append(int(cid))
+            offs.append(self._fh.tell())
+            self._fh.write(json.dumps(ring, separators=(",", ":")).encode() + b"\n")
+        self._ids.append(np.asarray(ids, np.int64))
+        self._offsets.append(np.asarray(offs, np.int64))
+        self._index = None
+
+    def get(self, cid: int) -> str | None:
+        """The ring of cell ``cid`` as JSON text, or None."""
+        if self._index is None:
+            self._fh.flush()
+            ids = np.concatenate(self._ids) if self._ids else np.empty(0, np.int64)
+            offs = np.concatenate(self._offsets) if self._offsets else np.empty(0, np.int64)
+            order = np.argsort(ids, kind="stable")
+            self._index = ids[order], offs[order]
+        ids, offs = self._index
+        i = int(np.searchsorted(ids, cid))
+        if i >= len(ids) or ids[i] != cid:
+            return None
+        self._fh.seek(int(offs[i]))
+        return self._fh.readline().decode().rstrip("\n")
+
+    def close(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
 def write_geojson(
     path: str | Path,
     table: CellTable,
-    outlines: Mapping[int, list[list[float]]],
+    outlines: Mapping[int, list[list[float]]] | OutlineSpool,
     colours: Mapping[str, Sequence[int]] | None = None,
     px_per_um: float = 1.0,
 ) -> Path:
     """QuPath detections (FeatureCollection of ``objectType: detection`` polygons), classified by
-    ``obs["phenotype"]`` when present. Cells without an outline become a small box at the
-    centroid. Coordinates are the slide's level-0 pixels (``px_per_um`` = 1 / slide µm/px)."""
+    ``obs["phenotype"]`` when present, in table order. Cells without an outline become a small
+    box at the centroid. Coordinates are the slide's level-0 pixels (``px_per_um`` = 1 / slide
+    µm/px). Features are written one at a time (``outlines`` may be an :class:`OutlineSpool`
+    holding them on disk), so memory does not grow with the number of cells."""
     colours = dict(colours or {})
     obs = table.obs
     names = obs["phenotype"].astype(str).to_numpy() if "phenotype" in obs else None
-    feats = []
-    for k, cid in enumerate(obs["cell_id"].to_numpy()):
-        ring = outlines.get(int(cid))
-        if ring is None:
-            cx, cy = obs["x_um"].iat[k] * px_per_um, obs["y_um"].iat[k] * px_per_um
-            r = 1.0
-            ring = [[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]]
-            ring.append(ring[0])
-        props: dict[str, Any] = {"objectType": "detection", "name": f"cell {int(cid)}"}
-        if names is not None:
-            cls = names[k]
-            rgb = [int(v) for v in colours.get(cls, (160, 160, 160))]
-            props["classification"] = {"name": cls, "color": rgb}
-        props["measurements"] = {
-            "area_um2": float(obs["area_um2"].iat[k]),
-            "tumour_distance_um": None
-            if not np.isfinite(obs["tumour_distance_um"].iat[k])
-            else float(obs["tumour_distance_um"].iat[k]),
-        }
-        feats.append(
-            {
-                "type": "Feature",
-                "id": f"{obs['slide_id'].iat[k]}:{int(cid)}",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": props,
+    ids = obs["cell_id"].to_numpy().astype(np.int64)
+    sid = obs["slide_id"].astype(str).to_numpy()
+    x, y = obs["x_um"].to_numpy(), obs["y_um"].to_numpy()
+    area, dist = obs["area_um2"].to_numpy(), obs["tumour_distance_um"].to_numpy()
+    if isinstance(outlines, OutlineSpool):
+        ring_of = outlines.get
+    else:
+
+        def ring_of(cid: int) -> str | None:
+            r = outlines.get(cid)
+            return None if r is None else json.dumps(r, separators=(",", ":"))
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"type":"FeatureCollection","features":[')
+        for k in range(len(ids)):
+            cid = int(ids[k])
+            ring = ring_of(cid)
+            if ring is None:
+                cx, cy, r = x[k] * px_per_um, y[k] * px_per_um, 1.0
+                box = [[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]]
+                ring = json.dumps([*box, box[0]], separators=(",", ":"))
+            props: dict[str, Any] = {"objectType": "detection", "name": f"cell {cid}"}
+            if names is not None:
+                rgb = [int(v) for v in colours.get(names[k], (160, 160, 160))]
+                props["classification"] = {"name": names[k], "color": rgb}
+            props["measurements"] = {
+                "area_um2": float(area[k]),
+                "tumour_distance_um": float(dist[k]) if np.isfinite(dist[k]) else None,
             }
-        )
-    doc = {"type": "FeatureCollection", "features": feats}
-    return write_text(path, json.dumps(doc, separators=(",", ":")))
+            head = json.dumps({"type": "Feature", "id": f"{sid[k]}:{cid}"})[:-1]
+            p = json.dumps(props, separators=(",", ":"))
+            fh.write(("," if k else "") + f'{head},"geometry":{{"type":"Polygon",'
+                     f'"coordinates":[{ring}]}},"properties":{p}}}')  # fmt: skip
+        fh.write("]}")
+    return Path(path)

@@ -22,8 +22,9 @@ import numpy as np
 import yaml
 
 from immunoplex.cells.quantify import CellTable
+from immunoplex.cells.window import canonical
 from immunoplex.errors import ConfigError
-from immunoplex.io.panel import canonical_marker, default_aliases, marker_key, merge_aliases
+from immunoplex.io.panel import default_aliases, marker_key, merge_aliases
 
 OTHER = "other"
 
@@ -48,14 +49,16 @@ class PhenotypeScheme:
     gates: dict[str, float] = field(default_factory=dict)
     nuclear_markers: tuple[str, ...] = ()
     aliases: dict[str, list[str]] = field(default_factory=dict)
-    min_separation: float = 0.5  # asinh units between the Otsu classes' means
+    min_separation: float = 0.5  # asinh units between the two classes' means
+    threshold: str = "min_error"  # automatic split: min_error (Kittler-Illingworth) or otsu
+    resolve: str = "margin"  # several top-level rules match: the clearest (margin) or the first
     source: str = "phenotype rules"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "phenotype rules") -> PhenotypeScheme:
         d = dict(d)
         known = {"rules", "cofactor", "scope", "gates", "nuclear_markers", "aliases",
-                 "min_separation"}  # fmt: skip
+                 "min_separation", "threshold", "resolve"}  # fmt: skip
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed {sorted(known)}")
@@ -85,6 +88,8 @@ class PhenotypeScheme:
                 str(k): [str(x) for x in v or []] for k, v in dict(d.get("aliases") or {}).items()
             },
             min_separation=float(d.get("min_separation", 0.5)),
+            threshold=str(d.get("threshold", "min_error")),
+            resolve=str(d.get("resolve", "margin")),
             source=source,
         )
         scheme.validate()
@@ -103,7 +108,7 @@ class PhenotypeScheme:
         return merge_aliases(default_aliases(), self.aliases)
 
     def canonical(self, marker: str) -> str:
-        return canonical_marker(marker, self.table)
+        return canonical(marker, self.aliases)
 
     def validate(self) -> None:
         if not self.rules:
@@ -111,6 +116,14 @@ class PhenotypeScheme:
         if self.scope not in ("slide", "cohort"):
             raise ConfigError(
                 f"{self.source}: scope must be 'slide' or 'cohort', not {self.scope!r}"
+            )
+        if self.threshold not in ("min_error", "otsu"):
+            raise ConfigError(
+                f"{self.source}: threshold must be 'min_error' or 'otsu', not {self.threshold!r}"
+            )
+        if self.resolve not in ("margin", "first"):
+            raise ConfigError(
+                f"{self.source}: resolve must be 'margin' or 'first', not {self.resolve!r}"
             )
         if not self.cofactor > 0:
             raise ConfigError(f"{self.source}: cofactor must be > 0")
@@ -175,8 +188,34 @@ def otsu_threshold(values: np.ndarray) -> tuple[float, float]:
     return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i])
 
 
+def min_error_threshold(values: np.ndarray, min_class: int = 3) -> tuple[float, float]:
+    """Kittler-Illingworth minimum-error split of a 1-D sample (two Gaussians with their own
+    priors and spreads), on the sorted values, placed mid-gap; returns (threshold, gap between
+    class means). Unlike Otsu it finds a small positive class (CD8 T cells are a few % of the
+    cells) next to a broad negative one (tumour and stromal cells at different backgrounds)."""
+    v = np.sort(np.asarray(values, np.float64))
+    n = len(v)
+    k = np.arange(1, n)
+    c1, c2 = np.cumsum(v)[:-1], np.cumsum(v * v)[:-1]
+    s1, s2 = v.sum(), float((v * v).sum())
+    mu0, mu1 = c1 / k, (s1 - c1) / (n - k)
+    # spreads floored at 2% of the range, so that a few equal values are not a perfect class
+    floor = (0.02 * (v[-1] - v[0])) ** 2 + 1e-12
+    var0 = np.maximum(c2 / k - mu0**2, 0) + floor
+    var1 = np.maximum((s2 - c2) / (n - k) - mu1**2, 0) + floor
+    p0, p1 = k / n, (n - k) / n
+    j = p0 * np.log(var0) + p1 * np.log(var1) - 2 * (p0 * np.log(p0) + p1 * np.log(p1))
+    m = min(max(min_class, 1), n // 2)
+    j[(k < m) | (n - k < m) | (v[1:] == v[:-1])] = np.inf
+    if not np.isfinite(j).any():
+        return otsu_threshold(v)
+    i = int(np.argmin(j))
+    return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i])
+
+
 def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict[str, float]:
-    """Per-marker thresholds (transformed units): gates, else Otsu over the pooled cells."""
+    """Per-marker thresholds (transformed units): gates, else the automatic split
+    (``scheme.threshold``: minimum error or Otsu) of the pooled cells."""
     gates = {scheme.canonical(m): v for m, v in scheme.gates.items()}
     out: dict[str, float] = {}
     for m in scheme.markers():
@@ -186,7 +225,8 @@ def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict
         vals = [v for t in tables if (v := transformed(t, scheme, m)) is not None]
         pooled = np.concatenate(vals) if vals else np.empty(0)
         if pooled.size >= 2 and np.ptp(pooled) > 0:
-            t, gap = otsu_threshold(pooled)
+            split = min_error_threshold if scheme.threshold == "min_error" else otsu_threshold
+            t, gap = split(pooled)
             # one population (a marker nobody expresses): no split, nobody positive
             out[m] = t if gap >= scheme.min_separation else float(pooled.max())
     return out
@@ -202,10 +242,14 @@ def assign_phenotypes(
     thr = dict(thresholds) if thresholds is not None else fit_thresholds([table], scheme)
     n = len(table)
     pos: dict[str, np.ndarray] = {}
+    margin: dict[str, np.ndarray] = {}  # (value - threshold) / (positives' median - threshold)
     for m in scheme.markers():
         v = transformed(table, scheme, m)
         if v is not None and m in thr:
             pos[m] = v > thr[m]
+            above = v[pos[m]]
+            scale = float(np.median(above)) - thr[m] if above.size else 1.0
+            margin[m] = (v - thr[m]) / max(scale, 1e-6)
     disabled = []
 
     def matches(rule: Rule) -> np.ndarray | None:
@@ -230,8 +274,28 @@ def assign_phenotypes(
     lineage = np.full(n, OTHER, dtype=object)
     phen = np.full(n, OTHER, dtype=object)
 
+    def score(rule: Rule) -> np.ndarray:
+        """How clearly a cell passes the rule: its weakest positive marker's margin."""
+        ms = [margin[scheme.canonical(m)] for m in rule.positive]
+        return np.minimum.reduce(ms) if ms else np.zeros(n)
+
     def descend(parent: str | None, sel: np.ndarray, out: np.ndarray) -> None:
         free = sel.copy()
+        if parent is None and scheme.resolve == "margin":
+            # a cell several top-level rules match (a CD8 T cell in a tumour nest picks up PanCK
+            # from its neighbours) goes to the rule it passes most clearly
+            tops = [r for r in scheme.children(None) if masks[r.name] is not None]
+            if tops:
+                sc = np.stack([np.where(masks[r.name], score(r), -np.inf) for r in tops])
+                best = np.argmax(sc, axis=0)
+                anyhit = np.isfinite(sc.max(axis=0)) & free
+                for k, r in enumerate(tops):
+                    hit = anyhit & (best == k)
+                    out[hit] = r.name
+                    phen[hit] = r.name
+                    free &= ~hit
+                    descend(r.name, hit, out)
+            return
         for r in scheme.children(parent):
             mk = masks[r.name]
             if mk is None:
@@ -257,6 +321,8 @@ def assign_phenotypes(
         "thresholds": thr,
         "cofactor": scheme.cofactor,
         "scope": scheme.scope,
+        "threshold": scheme.threshold,
+        "resolve": scheme.resolve,
         "gated": sorted(scheme.canonical(m) for m in scheme.gates),
         "disabled_rules": disabled,
         "rules": [

@@ -16,6 +16,7 @@ import numpy as np
 
 from immunoplex.cells.io import (
     MaskWriter,
+    OutlineSpool,
     cell_outlines,
     write_geojson,
     write_h5ad,
@@ -57,7 +58,6 @@ class SlideCellResult:
     table: CellTable
     areas_mm2: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
-    outlines: dict[int, list[list[float]]] = field(default_factory=dict)
 
 
 def run_slide(
@@ -111,7 +111,8 @@ def run_slide(
     }
     strips = {k: LabelStrips(g, v) for k, v in sinks.items()}
     scale = seg.mpp / slide.level_mpp(0)  # level-0 px per working px
-    parts, outlines = [], {}
+    parts = []
+    spool = OutlineSpool(out) if "geojson" in want else None
     try:
         row = 0
         for i, tile in enumerate(iter_tiles(seg)):
@@ -120,8 +121,8 @@ def run_slide(
                     s.row_done(row)
                 row = i // g.cols
             parts.append(measure_tile(tile, seg.mpp))
-            if "geojson" in want:
-                outlines.update(cell_outlines(tile.cells, tile.ids, tile.y0, tile.x0, scale))
+            if spool is not None:
+                spool.update(cell_outlines(tile.cells, tile.ids, tile.y0, tile.x0, scale))
             strips["cells"].paste(tile.y0, tile.x0, tile.cells)
             strips["nuclei"].paste(tile.y0, tile.x0, tile.nuclei)
             tile.image = tile.image[:0]  # free the pixels now
@@ -130,6 +131,8 @@ def run_slide(
     except BaseException:
         for w in writers.values():
             w.abort()
+        if spool is not None:
+            spool.close()
         raise
     for w in writers.values():
         w.close()
@@ -149,22 +152,25 @@ def run_slide(
     )
     if scheme is not None:
         assign_phenotypes(table, scheme)
-    result = SlideCellResult(table, areas, outlines=outlines)
+    result = SlideCellResult(table, areas)
     if out is None:
         return result
     for k, w in writers.items():
         result.files["mask" if k == "cells" else "nuclei_mask"] = w.path
-    if "geojson" in want:
-        colours = scheme.colours() if scheme is not None else None
-        result.files["geojson"] = write_geojson(
-            out / OUTPUTS["geojson"], table, outlines, colours, 1.0 / slide.level_mpp(0)
-        )
+    try:
+        if spool is not None:
+            colours = scheme.colours() if scheme is not None else None
+            result.files["geojson"] = write_geojson(
+                out / OUTPUTS["geojson"], table, spool, colours, 1.0 / slide.level_mpp(0)
+            )
+    finally:
+        if spool is not None:
+            spool.close()
     if "qc" in want:
         from immunoplex.cells.qc import render_qc
 
-        result.files["qc"] = render_qc(
-            out / OUTPUTS["qc"], slide, table, seg.mpp, qc_labels, scheme, qc_max_size, slide_id
-        )
+        result.files["qc"] = render_qc(out / OUTPUTS["qc"], slide, table, seg.mpp, qc_labels,
+                                       scheme, qc_max_size, slide_id, table_aliases)  # fmt: skip
     if "parquet" in want:
         result.files["parquet"] = write_parquet_table(out / OUTPUTS["parquet"], table)
     if "h5ad" in want:  # last: its presence marks the slide as finished

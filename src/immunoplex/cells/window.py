@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
 from immunoplex.errors import PanelMismatchError, ResolutionError
 from immunoplex.io import Slide
-from immunoplex.io.panel import canonical_marker, default_aliases, merge_aliases
+from immunoplex.io.panel import build_lookup, clean_name, default_aliases, marker_key, merge_aliases
 
 
 def working_shape(slide: Slide, mpp: float) -> tuple[int, int]:
@@ -56,6 +57,30 @@ def read_window(
     return out.astype(np.float32)
 
 
+def _alias_key(aliases: Mapping[str, Sequence[str]] | None) -> tuple:
+    return tuple(
+        sorted((str(k), tuple(str(x) for x in v or ())) for k, v in (aliases or {}).items())
+    )
+
+
+@lru_cache(maxsize=64)
+def _lookup(key: tuple) -> dict[str, str]:
+    table = merge_aliases(default_aliases(), {k: list(v) for k, v in key})
+    return build_lookup(merge_aliases(default_aliases(), table))
+
+
+@lru_cache(maxsize=4096)
+def _key(name: str) -> tuple[str, str]:
+    return marker_key(name), clean_name(name)
+
+
+def canonical(name: str, aliases: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``io.panel.canonical_marker`` with the shipped table extended by ``aliases``; the lookup
+    is built once per alias table (it is called per marker per tile)."""
+    k, clean = _key(str(name))
+    return _lookup(_alias_key(aliases)).get(k, clean)
+
+
 def channel_indices(
     slide_channels: Sequence[str],
     markers: Sequence[str] | str,
@@ -69,9 +94,8 @@ def channel_indices(
         if markers == "all":
             return list(range(len(slide_channels)))
         markers = [markers]
-    table = merge_aliases(default_aliases(), aliases)
-    want = {canonical_marker(m, table) for m in markers}
-    return [i for i, ch in enumerate(slide_channels) if canonical_marker(ch, table) in want]
+    want = {canonical(m, aliases) for m in markers}
+    return [i for i, ch in enumerate(slide_channels) if canonical(ch, aliases) in want]
 
 
 def nuclear_indices(
@@ -94,6 +118,5 @@ def marker_names(
     slide_channels: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
 ) -> list[str]:
     """Canonical (panel) names of the slide channels; duplicates keep the channel name."""
-    table = merge_aliases(default_aliases(), aliases)
-    names = [canonical_marker(ch, table) for ch in slide_channels]
+    names = [canonical(ch, aliases) for ch in slide_channels]
     return [n if names.count(n) == 1 else str(ch) for n, ch in zip(names, slide_channels)]
