@@ -16,18 +16,44 @@ from immunoplex.errors import CheckpointError, ConfigError, ExpressionError
 from immunoplex.expression.feature_state import ExpressionFeatures
 from immunoplex.inference.feature_inputs import feature_expression, feature_fields
 
-GENES = (
-    "CD8A CD8B CD3E CD3D CD2 GZMA GZMB PRF1 NKG7 CCL5 IFNG CXCL9 CXCL10 IDO1 STAT1 HLA-DRA "
-    "PDCD1 CD274 LAG3 TIGIT CD163 MRC1 STAB1 MSR1 CSF1R BG1 BG2 BG3 BG4 BG5"
-).split()
+GENES = [
+    "CD8A",
+    "CD8B",
+    "CD3E",
+    "CD3D",
+    "CD2",
+    "GZMA",
+    "GZMB",
+    "PRF1",
+    "NKG7",
+    "CCL5",
+    "IFNG",
+    "CXCL9",
+    "CXCL10",
+    "IDO1",
+    "STAT1",
+    "HLA-DRA",
+    "PDCD1",
+    "CD274",
+    "LAG3",
+    "TIGIT",
+    "CD163",
+    "MRC1",
+    "STAB1",
+    "MSR1",
+    "CSF1R",
+    "BG1",
+    "BG2",
+    "BG3",
+    "BG4",
+    "BG5",
+]
 
 
 def _table(seed: int, n: int = 20, shift: float = 0.0, scale: float = 1.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     x = rng.normal(5.0, 1.0, (n, len(GENES)))
-    return pd.DataFrame(
-        x * scale + shift, index=[f"s{seed}_{i}" for i in range(n)], columns=GENES
-    )
+    return pd.DataFrame(x * scale + shift, index=[f"s{seed}_{i}" for i in range(n)], columns=GENES)
 
 
 def _fitted(**kw: object) -> ExpressionFeatures:

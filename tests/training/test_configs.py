@@ -168,6 +168,7 @@ def _check_train(group: str, option: str, cfg: Any, tmp_path: Path) -> None:
         expression_normalizer,
         user_aliases,
     )
+    from immunoplex.data.expression_inputs import expression_features
     from immunoplex.io.panel import Panel
     from immunoplex.tiles.params import TilingParams
 
@@ -218,8 +219,12 @@ def _check_train(group: str, option: str, cfg: Any, tmp_path: Path) -> None:
         assert dm.params == TilingParams.from_dict(OmegaConf.to_container(cfg.tiling))
         assert dm.panel.markers == list(cfg.panel.markers)
         assert dc.aliases == user_aliases(OmegaConf.to_container(cfg.panel.aliases))
-        norm = expression_normalizer(dc)
-        assert norm.method == cfg.expression_norm.method
+        feats = expression_features(dc.expression_norm)  # expression_norm=features
+        if feats is None:
+            norm = expression_normalizer(dc)
+            assert norm.method == cfg.expression_norm.method
+        else:
+            assert cfg.expression_norm.method == "features" and feats.families
     if group == "panel":
         panel = Panel(list(cfg.panel.markers), aliases=OmegaConf.to_container(cfg.panel.aliases))
         for canon, syns in cfg.panel.aliases.items():
@@ -227,7 +232,9 @@ def _check_train(group: str, option: str, cfg: Any, tmp_path: Path) -> None:
     if group == "tiling":
         t = OmegaConf.to_container(cfg.tiling)
         assert TilingParams.from_dict(t).to_dict() == t  # every key is a TilingParams field
-    if group == "expression_norm":
+    if group == "expression_norm" and option == "features":
+        _fit_features(expression_features(data_config_from(cfg.data, 0).expression_norm))
+    elif group == "expression_norm":
         _fit_normaliser(expression_normalizer(data_config_from(cfg.data, 0)))
 
 
@@ -244,6 +251,30 @@ def _fit_normaliser(norm: Any) -> None:
     assert out.shape == (8, 5) and np.isfinite(out).all()
     if norm.method != "none":
         assert not np.allclose(out, df.to_numpy())
+
+
+def _fit_features(feats: Any) -> None:
+    import numpy as np
+    import pandas as pd
+
+    genes = [
+        "CD8A",
+        "GZMA",
+        "PRF1",
+        "CXCL9",
+        "CXCL10",
+        "IFNG",
+        "PDCD1",
+        "CD274",
+        "LAG3",
+        "TIGIT",
+        "BG1",
+        "BG2",
+    ]
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.gamma(2.0, 3.0, (8, len(genes))), columns=genes, index=list("abcdefgh"))
+    out = feats.fit(df).matrix(df)
+    assert out.shape == (8, len(feats.names)) and np.isfinite(out).all() and feats.names
 
 
 def _check_primary(name: str, cfg: Any) -> None:
