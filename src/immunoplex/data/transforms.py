@@ -7,13 +7,18 @@ Augmentation randomness comes from an explicit generator so a resumed run replay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from immunoplex.tiles.intensity import IntegerLUT, IntensityNorm, normalise_torch
+
+T = TypeVar("T")
+_END = object()
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,20 @@ def augment_tiles(
         x = x * keep[:, None, :, None, None].to(x.dtype)
     x = x * tile_mask[:, :, None, None, None].to(x.dtype)
     return x, channel_mask
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """``items`` with the next one produced in a background thread while the caller works on
+    this one (reading/normalising batch k+1 while batch k is encoded); one item ahead."""
+    it = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="immunoplex-ahead") as pool:
+        pending = pool.submit(next, it, _END)
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, it, _END)
+            yield item  # type: ignore[misc]
 
 
 def encode_tile_batches(

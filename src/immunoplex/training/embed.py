@@ -21,7 +21,7 @@ from torch import nn
 
 from immunoplex.data.bags import SlideTiles
 from immunoplex.data.datamodule import ResponseDataModule
-from immunoplex.data.transforms import encode_tile_batches, tile_normaliser
+from immunoplex.data.transforms import encode_tile_batches, read_ahead, tile_normaliser
 from immunoplex.errors import CheckpointError, ConfigError
 from immunoplex.tiles.intensity import IntensityNorm
 from immunoplex.training.checkpoint import build_model, load_checkpoint
@@ -144,6 +144,8 @@ def embed_slide(
         (slice(a, a + batch_size), normalise(np.asarray(st.tiles[a : a + batch_size])))
         for a in range(0, n, batch_size)
     )
+    if n > batch_size:  # read + normalise batch k+1 in a thread while batch k is encoded
+        batches = read_ahead(batches)
     return encode_tile_batches(encode, batches, n, "cpu", dim).numpy()
 
 
