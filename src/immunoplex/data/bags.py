@@ -39,6 +39,9 @@ class PatientRecord:
     clinical: np.ndarray  # (K,) float32 standardised values and observed indicators
     expression: np.ndarray | None  # (G,) float32 normalised, None when not measured
     slides: list[SlideTiles] = field(default_factory=list)
+    # the survival endpoint the model learns (task=survival|both): NaN / -1 = not recorded
+    time: float = math.nan
+    event: int = -1
 
     @property
     def n_tiles(self) -> int:
@@ -83,6 +86,8 @@ class PatientBagDataset(Dataset):
         item: dict[str, object] = {
             "index": idx,
             "label": float(rec.label),
+            "time": float(rec.time),
+            "event": float(rec.event),
             "treatment": rec.treatment,
             "clinical": torch.from_numpy(rec.clinical),
         }
@@ -123,6 +128,9 @@ def collate_bags(items: list[dict[str, object]]) -> dict[str, torch.Tensor]:
     batch: dict[str, torch.Tensor] = {
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.float32),
+        # survival: NaN time / event -1 = not recorded (items built elsewhere may lack them)
+        "time": torch.tensor([it.get("time", math.nan) for it in items], dtype=torch.float32),
+        "event": torch.tensor([it.get("event", -1.0) for it in items], dtype=torch.float32),
         "treatment": torch.tensor([it["treatment"] for it in items], dtype=torch.long),
         "clinical": torch.stack([it["clinical"] for it in items]).float(),  # type: ignore[misc]
         "expression": torch.stack([it["expression"] for it in items]).float(),  # type: ignore[misc]

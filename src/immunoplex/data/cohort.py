@@ -72,8 +72,15 @@ def load_cohort(
     manifest: str | Path,
     clinical_columns: list[str] | None = None,
     check_images: bool = True,
+    survival: dict[str, tuple[str, str]] | None = None,
 ) -> Cohort:
-    """Read and validate a manifest; image paths are resolved relative to the manifest."""
+    """Read and validate a manifest; image paths are resolved relative to the manifest.
+
+    ``survival``: endpoint -> (time column, event column), the names set in the data config.
+    Present columns are parsed into ``time_<endpoint>`` (NaN = not recorded: unlabelled for that
+    endpoint) and ``event_<endpoint>`` (1 / 0, -1 = not recorded) per patient; a bad cell is a
+    one-line error naming the row. Absent columns leave the endpoint unrecorded (all NaN).
+    """
     path = Path(manifest).resolve()
     df = read_table(path, "manifest")
     if df.empty:
@@ -125,8 +132,29 @@ def load_cohort(
         if col not in df.columns:
             raise ManifestError(f"{path}: clinical column {col!r} not in manifest")
         df[col] = _numeric_column(df, col, path, allow_empty=True)
-    patients = _patients_from_slides(df, path, clinical)
+    surv_cols = _survival_columns(df, path, survival or {})
+    patients = _patients_from_slides(df, path, clinical + surv_cols)
     return Cohort(manifest=path, slides=df, patients=patients, clinical_columns=clinical)
+
+
+def _survival_columns(
+    df: pd.DataFrame, path: Path, survival: dict[str, tuple[str, str]]
+) -> list[str]:
+    from immunoplex.data.survival import parse_survival
+
+    out = []
+    for ep, (tcol, ecol) in survival.items():
+        if tcol in df.columns or ecol in df.columns:
+            if tcol not in df.columns or ecol not in df.columns:
+                have, lack = (tcol, ecol) if tcol in df.columns else (ecol, tcol)
+                raise ManifestError(f"{path}: survival column {have!r} without {lack!r} ({ep})")
+            where = [f"{path}:{r}" for r in df["row_number"]]
+            t, e = parse_survival(df[tcol].tolist(), df[ecol].tolist(), where, ep)
+        else:
+            t, e = np.full(len(df), np.nan), np.full(len(df), -1)
+        df[f"time_{ep}"], df[f"event_{ep}"] = t, e
+        out += [f"time_{ep}", f"event_{ep}"]
+    return out
 
 
 def slide_channel_names(row: object) -> ChannelNames | None:

@@ -28,6 +28,13 @@ from immunoplex.data.cohort import Cohort, load_cohort, slide_channel_names
 from immunoplex.data.expression_inputs import expression_features, feature_matrix
 from immunoplex.data.slides import slide_tiles
 from immunoplex.data.splits import Split, make_split
+from immunoplex.data.survival import (
+    check_survival,
+    survival_columns,
+    survival_endpoint,
+    survival_meta,
+    trainable,
+)
 from immunoplex.errors import ImmunoplexError, ManifestError
 from immunoplex.expression.io import read_expression
 from immunoplex.expression.normalise import ExpressionNormalizer
@@ -87,6 +94,8 @@ class DataConfig:
     on_bad_slide: str = "error"  # "error" or "skip" (skipped slides are reported)
     embeddings: dict[str, Any] = field(default_factory=dict)  # two-stage mode, see embed.py
     seed: int = 0
+    task: str = "binary"  # binary (response) | survival (time to event) | both; data/survival.py
+    survival: dict[str, Any] = field(default_factory=dict)  # endpoint + endpoints: column names
 
 
 def _build_one(
@@ -157,7 +166,8 @@ class ResponseDataModule(L.LightningDataModule):
     def _load_cohort(self) -> Cohort:
         """Read and validate the manifest once (prepare_data and setup share it)."""
         if self.cohort is None:
-            self.cohort = load_cohort(self.cfg.manifest, list(self.cfg.clinical_columns))
+            cols = list(self.cfg.clinical_columns)
+            self.cohort = load_cohort(self.cfg.manifest, cols, survival=survival_columns(self.cfg))
         return self.cohort
 
     @staticmethod
@@ -190,6 +200,7 @@ class ResponseDataModule(L.LightningDataModule):
         clinical = self._clinical_matrix(patients, train_ids)
         expression = self._expression_matrix(patients, train_ids)
         slides = self._load_slides(cohort)
+        ep = survival_endpoint(cfg)
         for pid, row in patients.iterrows():
             pid = str(pid)
             self.records[pid] = PatientRecord(
@@ -200,7 +211,11 @@ class ResponseDataModule(L.LightningDataModule):
                 clinical=clinical[pid],
                 expression=expression.get(pid),
                 slides=slides.get(pid, []),
+                time=float(row[f"time_{ep}"]) if ep else float("nan"),
+                event=int(row[f"event_{ep}"]) if ep else -1,
             )
+        if ep:
+            check_survival(self, cohort, ep)
         lost = [p for p in self.split.val + self.split.test if not self._usable(self.records[p])]
         if lost:
             raise ManifestError(
@@ -354,6 +369,8 @@ class ResponseDataModule(L.LightningDataModule):
             **self.clinical.to_dict(),  # clinical_columns, clinical_stats
             "treatments": list(self.treatments),
             "split": self.split.name if self.split else None,
+            "task": self.cfg.task,
+            "survival": survival_meta(self.cfg),
         }
 
     # ---- loaders -------------------------------------------------------------------------
@@ -362,7 +379,7 @@ class ResponseDataModule(L.LightningDataModule):
         ids = {"train": self.split.train, "val": self.split.val, "test": self.split.test}[stage]
         recs = [p for p in ids if self._usable(self.records[p])]
         if stage == "train":
-            recs = [p for p in recs if self.records[p].label >= 0]
+            recs = [p for p in recs if trainable(self.records[p], self.cfg.task)]
         return recs
 
     def dataset(self, stage: str) -> PatientBagDataset:

@@ -23,55 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from immunoplex.errors import ManifestError, SplitError
-from immunoplex.utils.tables import MISSING_TEXT
+from immunoplex.data.survival import EVENT_VALUES, parse_survival, require_events
 
-EVENT_VALUES = {"1": 1, "1.0": 1, "true": 1, "0": 0, "0.0": 0, "false": 0}
-
-
-# ---- input checks ------------------------------------------------------------------------------
-def _cell(v: Any) -> str:
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return ""
-    text = str(v).strip()
-    return "" if text.lower() in MISSING_TEXT else text
-
-
-def parse_survival(
-    times: Sequence[Any], events: Sequence[Any], where: Sequence[str], what: str = "survival"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cells -> (time float, NaN = unlabelled; event int, -1 = unlabelled), one-line errors.
-
-    ``where[i]`` names row i (``file:row``). Refused: a negative or non-numeric time, an event
-    without a time, a time without an event, an event that is not 0/1 (or true/false).
-    """
-    t_out = np.full(len(times), np.nan)
-    e_out = np.full(len(times), -1, dtype=np.int64)
-    for i, (tv, ev) in enumerate(zip(times, events, strict=True)):
-        tt, et = _cell(tv), _cell(ev)
-        if et and et.lower() not in EVENT_VALUES:
-            raise ManifestError(f"{where[i]}: {what} event {et!r} is not 0/1 (or true/false)")
-        if not tt:
-            if et:
-                raise ManifestError(f"{where[i]}: {what} event {et!r} without a time")
-            continue
-        try:
-            t = float(tt)
-        except ValueError:
-            raise ManifestError(f"{where[i]}: {what} time {tt!r} is not a number") from None
-        if not math.isfinite(t) or t < 0:
-            raise ManifestError(f"{where[i]}: {what} time {tt} is negative or not finite")
-        if not et:
-            raise ManifestError(f"{where[i]}: {what} time {tt} without an event value (0/1)")
-        t_out[i], e_out[i] = t, EVENT_VALUES[et.lower()]
-    return t_out, e_out
-
-
-def require_events(event: np.ndarray, where: str) -> None:
-    """A partition whose endpoint has no event cannot be fitted or scored: a one-line error."""
-    e = np.asarray(event)
-    if not (e == 1).any():
-        raise SplitError(f"{where}: no events among {int((e >= 0).sum())} patients with a time")
+__all__ = ["EVENT_VALUES", "parse_survival", "require_events"]  # re-exported (one parser)
 
 
 def survival_arrays(

@@ -54,6 +54,8 @@ class ResponseModel(nn.Module):
     ``name`` labels the configuration (reports); it does not change the model.
     ``treatment_mode``: ``"embedding"`` (treatment embedding joins the fusion), ``"head"`` (one
     output per treatment, the patient's own is read), ``"both"`` or ``"none"``.
+    ``risk_head``: a second head on the same fused embedding, ``out["risk"]`` = the Cox log
+    hazard (task=survival|both; per treatment like the logit head when treatment_mode has heads).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class ResponseModel(nn.Module):
         modality_dropout: float = 0.0,
         channels_last: bool = False,
         name: str | None = None,
+        risk_head: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
@@ -150,6 +153,11 @@ class ResponseModel(nn.Module):
         )
         n_out = self.n_treatments if treatment_mode in ("head", "both") else 1
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(self.fusion.out_dim), n_out))
+        self.risk_head = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(int(self.fusion.out_dim), n_out))
+            if risk_head
+            else None
+        )
 
     # ------------------------------------------------------------------------------------------
     def embed_tiles(self, tiles: Tensor, channel_mask: Tensor | None = None) -> Tensor:
@@ -251,6 +259,14 @@ class ResponseModel(nn.Module):
             out["logit"] = logits.gather(1, treatment.unsqueeze(1)).squeeze(1)
         else:
             out["logit"] = logits.squeeze(1)
+        if self.risk_head is not None:
+            risks = self.risk_head(fused).float()
+            pick = (
+                treatment.unsqueeze(1)
+                if risks.shape[1] > 1
+                else torch.zeros_like(treatment)[:, None]
+            )
+            out["risk"] = risks.gather(1, pick).squeeze(1)
         out["fused_embedding"] = fused
         return out
 

@@ -38,6 +38,8 @@ def infer(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         out = model(prepare(batch))
         logits = out["logit"].float().cpu().numpy()
+        risk = out.get("risk")  # the survival head (task=survival|both)
+        risk_np = None if risk is None else risk.float().cpu().numpy()
         attn = out.get("attention")
         for i, idx in enumerate(batch["index"].cpu().numpy()):
             rec = ds.records[int(idx)]
@@ -50,6 +52,8 @@ def infer(
                 "has_image": rec.n_tiles > 0,
                 "has_expression": rec.expression is not None,
             }
+            if risk_np is not None:
+                row.update(risk=float(risk_np[i]), time=rec.time, event=rec.event)
             if keep_attention and attn is not None:
                 n = int(batch["tile_mask"][i].sum())
                 row["attention"] = attn[i, :n].float().cpu().numpy()

@@ -17,6 +17,7 @@ from immunoplex.data.transforms import AugmentConfig, augment_tiles, normalise_t
 from immunoplex.training.checkpoint import build_model
 from immunoplex.training.metrics import response_metrics
 from immunoplex.training.schema import CheckpointMeta, is_panel_agnostic, read_meta, write_meta
+from immunoplex.training.survival_fit import SurvivalLoss
 
 
 def _plain(node: Any) -> Any:
@@ -49,6 +50,8 @@ class ResponseModule(L.LightningModule):
         seed: int = 0,
         metadata: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
+        task: str = "binary",
+        survival: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -63,8 +66,11 @@ class ResponseModule(L.LightningModule):
                 "channels_last": bool(channels_last),
                 "compile": bool(compile),
                 "seed": int(seed),
+                "task": str(task),
+                "survival": _plain(survival) or {},
             }
         )
+        self.survival_loss = SurvivalLoss(str(task), self.hparams["survival"])
         self.metadata = _plain(metadata) or {}
         self.config = _plain(config) or {}
         self.calibration: dict[str, Any] | None = None
@@ -139,6 +145,9 @@ class ResponseModule(L.LightningModule):
             logit, label.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
         )
         loss = (per_patient * weight).sum() / weight.sum().clamp(min=1.0)
+        loss = self.survival_loss(loss, out, batch, stage)  # task=binary: unchanged
+        if not self.survival_loss.trains_response:  # task=survival: no response metrics
+            label = torch.full_like(label, -1.0)
         penalty = getattr(self.model, "penalty", None)
         if stage == "train" and callable(penalty):  # e.g. the feature model's L2 terms
             loss = loss + penalty()
@@ -182,6 +191,9 @@ class ResponseModule(L.LightningModule):
             self.patient_counts[f"n_{stage}"].update(labelled.sum())
 
     def _log_metrics(self, stage: str) -> None:
+        c_index = self.survival_loss.epoch_c_index(stage)
+        if c_index is not None:
+            self.log(f"{stage}/c_index", c_index, prog_bar=stage != "test")
         self._update_metrics(stage)
         metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
         coll = metrics[stage]

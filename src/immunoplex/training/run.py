@@ -23,6 +23,7 @@ from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
 from immunoplex.training.module import ResponseModule
 from immunoplex.training.schema import set_calibration
+from immunoplex.training.survival_fit import finalize_survival
 from immunoplex.utils.atomic import atomic_path, fsync_file, write_csv, write_text
 from immunoplex.utils.tables import read_table
 
@@ -71,9 +72,10 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
         attach_embeddings(dm, encoder, device=device, progress=True)
     mod_cfg = cfg.module
     pos_weight = dm.pos_weight() if mod_cfg.pos_weight == "auto" else float(mod_cfg.pos_weight)
+    task = str(cfg.data.get("task") or cfg.get("task") or "binary")
     module = ResponseModule(
         model=cfg.model,
-        dims=dm.dims,
+        dims=dm.dims if task == "binary" else {**dm.dims, "risk_head": True},
         optimizer=cfg.optimizer,
         scheduler=cfg.get("scheduler"),
         pos_weight=pos_weight,
@@ -84,6 +86,8 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
         seed=int(cfg.seed),
         metadata=dm.metadata(),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        task=task,
+        survival=cfg.module.get("survival"),
     )
     if dm.embedding_encoder is not None:
         # The checkpoint must embed new slides exactly as the cache did: same frozen encoder.
@@ -115,9 +119,11 @@ def finalize(
         df["treatment"] = [treatments[i] for i in df.pop("treatment_index")]
         df["split"] = stage
         frames[stage] = df
+    # task=survival|both: risk, time/event, survival_at_<h>; Breslow baseline into the checkpoint
+    surv = finalize_survival(dm, module, prepare, frames, ckpt, best, cfg)
     alpha = cfg.module.get("conformal_alpha", 0.1)
     calib = None
-    if "val" in frames:
+    if "val" in frames and "logit" in frames["val"]:
         val = frames["val"]
         calib = fit_calibration(val["logit"].to_numpy(), val["label"].to_numpy(), alpha=alpha)
         module.calibration = calib.to_dict()
@@ -142,17 +148,21 @@ def finalize(
             if calib.conformal is not None:
                 df["prediction_set"] = calib.predict_sets(df["logit"].to_numpy())
         prob_col = "calibrated_probability" if calib is not None else "probability"
-        df["predicted_class"] = np.where(
-            df[prob_col] >= float(cfg.module.threshold), "responder", "non-responder"
-        )
+        if prob_col in df:  # task=survival: no response output
+            df["predicted_class"] = np.where(
+                df[prob_col] >= float(cfg.module.threshold), "responder", "non-responder"
+            )
         path = out_dir / f"predictions_{stage}.csv"
         write_csv(path, df)
+        if "probability" not in df:
+            continue
         summary[f"{stage}_auroc"] = _auroc(df["label"].to_numpy(), df["probability"].to_numpy())
         truth = cfg.data.get("truth")
         if truth:
             summary[f"{stage}_bayes_auroc"] = bayes_optimal_auroc(Path(truth), df)
     if calib is not None:
         summary["temperature"] = calib.temperature
+    summary.update(surv)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
