@@ -43,8 +43,8 @@ def test_min_error_finds_a_rare_positive_class():
     # two negative backgrounds (tumour, stroma) and 3% positives: Otsu splits the backgrounds
     neg = np.r_[rng.normal(2.5, 0.15, 500), rng.normal(3.2, 0.2, 450)]
     pos = rng.normal(5.2, 0.3, 30)
-    t, gap = min_error_threshold(np.r_[neg, pos])
-    assert neg.max() < t < pos.min() and gap > 1.5
+    t, gap, bimodal = min_error_threshold(np.r_[neg, pos])
+    assert neg.max() < t < pos.min() and gap > 1.5 and bimodal
     assert otsu_threshold(np.r_[neg, pos])[0] < neg.max()
 
 

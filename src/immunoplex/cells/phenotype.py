@@ -49,7 +49,7 @@ class PhenotypeScheme:
     gates: dict[str, float] = field(default_factory=dict)
     nuclear_markers: tuple[str, ...] = ()
     aliases: dict[str, list[str]] = field(default_factory=dict)
-    min_separation: float = 0.5  # asinh units between the two classes' means
+    min_separation: float = 1.0  # asinh units between the two classes' means
     threshold: str = "min_error"  # automatic split: min_error (Kittler-Illingworth) or otsu
     resolve: str = "margin"  # several top-level rules match: the clearest (margin) or the first
     source: str = "phenotype rules"
@@ -87,7 +87,7 @@ class PhenotypeScheme:
             aliases={
                 str(k): [str(x) for x in v or []] for k, v in dict(d.get("aliases") or {}).items()
             },
-            min_separation=float(d.get("min_separation", 0.5)),
+            min_separation=float(d.get("min_separation", 1.0)),
             threshold=str(d.get("threshold", "min_error")),
             resolve=str(d.get("resolve", "margin")),
             source=source,
@@ -188,10 +188,10 @@ def otsu_threshold(values: np.ndarray) -> tuple[float, float]:
     return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i])
 
 
-def min_error_threshold(values: np.ndarray, min_class: int = 3) -> tuple[float, float]:
+def min_error_threshold(values: np.ndarray, min_class: int = 3) -> tuple[float, float, bool]:
     """Kittler-Illingworth minimum-error split of a 1-D sample (two Gaussians with their own
     priors and spreads), on the sorted values, placed mid-gap; returns (threshold, gap between
-    class means). Unlike Otsu it finds a small positive class (CD8 T cells are a few % of the
+    class means, whether two classes fit better than one). Unlike Otsu it finds a small positive class (CD8 T cells are a few % of the
     cells) next to a broad negative one (tumour and stromal cells at different backgrounds)."""
     v = np.sort(np.asarray(values, np.float64))
     n = len(v)
@@ -208,9 +208,31 @@ def min_error_threshold(values: np.ndarray, min_class: int = 3) -> tuple[float, 
     m = min(max(min_class, 1), n // 2)
     j[(k < m) | (n - k < m) | (v[1:] == v[:-1])] = np.inf
     if not np.isfinite(j).any():
-        return otsu_threshold(v)
+        return (*otsu_threshold(v), False)  # type: ignore[return-value]
     i = int(np.argmin(j))
-    return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i])
+    # two classes explain the sample better than one Gaussian (J of one class: ln var)
+    bimodal = bool(j[i] < np.log(float(v.var()) + floor))
+    return float(0.5 * (v[i] + v[i + 1])), float(mu1[i] - mu0[i]), bimodal  # type: ignore[return-value]
+
+
+def top_split(values: np.ndarray, min_separation: float, min_class: int = 3) -> float | None:
+    """The positive class from a hierarchy of minimum-error splits: split, and while the upper
+    class is itself two populations split it again; the split whose classes' means differ most
+    (and by at least ``min_separation``) is the threshold (None: no positive class).
+
+    A marker with few positives on a slide whose negatives sit at two backgrounds (tumour and
+    stroma) first splits the backgrounds; the positives are then split off the upper one.
+    """
+    v = np.asarray(values, np.float64)
+    best, widest = None, float(min_separation)
+    while v.size >= 2 and np.ptp(v) > 0:
+        t, gap, bimodal = min_error_threshold(v, min_class)  # type: ignore[misc]
+        if not bimodal:
+            break
+        if gap >= widest:
+            best, widest = t, gap
+        v = v[v > t]
+    return best
 
 
 def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict[str, float]:
@@ -225,8 +247,11 @@ def fit_thresholds(tables: Sequence[CellTable], scheme: PhenotypeScheme) -> dict
         vals = [v for t in tables if (v := transformed(t, scheme, m)) is not None]
         pooled = np.concatenate(vals) if vals else np.empty(0)
         if pooled.size >= 2 and np.ptp(pooled) > 0:
-            split = min_error_threshold if scheme.threshold == "min_error" else otsu_threshold
-            t, gap = split(pooled)
+            if scheme.threshold == "min_error":
+                top = top_split(pooled, scheme.min_separation)
+                out[m] = float(pooled.max()) if top is None else top
+                continue
+            t, gap = otsu_threshold(pooled)
             # one population (a marker nobody expresses): no split, nobody positive
             out[m] = t if gap >= scheme.min_separation else float(pooled.max())
     return out
