@@ -421,7 +421,7 @@ def test_ctrl_c_during_training(tiny_cohort: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [*command("train"), *args],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env={**_env(tmp_path), "PYTHONWARNINGS": "ignore"},  # Lightning's run-time warnings
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
