@@ -42,7 +42,7 @@ SNAPSHOT: dict[str, Any] = json.loads(MODEL_SNAPSHOT.read_text())
 
 
 def test_snapshot_covers_every_model_config() -> None:
-    assert sorted(SNAPSHOT) == _options("model") and len(SNAPSHOT) == 14
+    assert sorted(SNAPSHOT) == _options("model") and len(SNAPSHOT) == 15
 
 
 @pytest.mark.parametrize("name", sorted(SNAPSHOT))
@@ -74,6 +74,7 @@ HEAVY = {"resnet50", "efficientnet_b0", "convnext_tiny"}
 PAIRED = {
     ("data", "manifest"): ["data.manifest=/x/manifest.csv"],
     ("model/fusion", "cross_attention"): ["model/expression_encoder=gene_sets"],
+    ("model/aggregator", "marker_features"): ["model=cell_features"],  # pools marker counts
 }
 REQUIRED_ARGS = {
     "tile": ["manifest=/x/manifest.csv", "out_dir=/x/tiles"],

@@ -25,7 +25,7 @@ import torch
 from immunoplex.inference.predictor import Predictor, embed_bag, model_batch
 from immunoplex.utils.atomic import write_csv, write_json
 
-KIND = {"markers": "marker", "modalities": "modality", "genes": "gene"}
+KIND = {"markers": "marker", "modalities": "modality", "genes": "gene", "features": "feature"}
 
 
 def _logit(model: Any, mb: Mapping[str, torch.Tensor]) -> float:
@@ -103,6 +103,22 @@ def modality_contributions(
     return out
 
 
+@torch.no_grad()
+def feature_contributions(pred: Predictor, mb: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Feature models (``feature_labels``): each named feature's logit contribution (empty else).
+
+    For the linear feature model they sum to the logit minus the treatment's intercept, e.g.
+    ``{"Clever-1+ (STAB1+CD68+) macrophage area, share of stroma (log)": -0.8, ...}``.
+    """
+    labels = getattr(pred.model, "feature_labels", None)
+    if not labels:
+        return {}
+    contrib = pred.model(mb).get("feature_contributions")
+    if contrib is None:
+        return {}
+    return {str(k): float(v) for k, v in zip(labels, contrib[0].float().cpu().tolist())}
+
+
 def explain_patient(
     pred: Predictor,
     batch: Mapping[str, torch.Tensor],
@@ -125,6 +141,7 @@ def explain_patient(
         "markers": markers,
         "genes": genes,
         "modalities": modality_contributions(pred, mb, logit),
+        "features": feature_contributions(pred, mb),
     }
 
 
@@ -179,8 +196,11 @@ def cohort_summary(
             }
             for r, i in enumerate(order, start=1)
         ]
+    names = list(dict.fromkeys(k for e in ex.values() for k in e.get("features", {})))
+    features = {f: [e.get("features", {}).get(f) for e in ex.values()] for f in names}
     return {
         "n_patients": len(ex),
+        "features": _ranked(features),
         "markers": _ranked(markers),
         "modalities": _ranked(modalities),
         "genes": genes,
@@ -195,8 +215,8 @@ def explanation_table(
     for pid, e in explanations.items():
         if not e:
             continue
-        for kind in ("markers", "modalities"):
-            vals = {k: v for k, v in e[kind].items() if v is not None}
+        for kind in ("markers", "modalities", "features"):
+            vals = {k: v for k, v in e.get(kind, {}).items() if v is not None}
             order = sorted(vals, key=lambda k: -abs(vals[k]))
             for r, k in enumerate(order, start=1):
                 rows.append(
@@ -220,8 +240,8 @@ def explanation_table(
                     "rank": r,
                 }
             )
-    for kind in ("markers", "modalities", "genes"):
-        for item in summary[kind]:
+    for kind in ("markers", "modalities", "genes", "features"):
+        for item in summary.get(kind, []):
             if item["mean_abs"] is None:
                 continue
             rows.append(
@@ -263,6 +283,7 @@ def write_explanations(
             "markers": "channel occlusion: logit(full) - logit(channel zeroed and masked)",
             "genes": "integrated gradients from the zero (training-mean) baseline",
             "modalities": "logit(full) - logit(modality replaced by the missing token)",
+            "features": "feature models: standardised feature x its weight (logit units)",
         },
         "cohort": summary,
         "patients": patients,

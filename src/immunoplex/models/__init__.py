@@ -5,6 +5,8 @@ registry of the classes a model config or checkpoint may name (models/registry.p
 from immunoplex.models.aggregators import GatedAttentionMIL, MaxMIL, MeanMIL, TransformerMIL
 from immunoplex.models.encoders import SmallCNN, TorchvisionEncoder, inflate_conv_weight
 from immunoplex.models.expression import ExpressionEncoder, resolve_gene_sets
+from immunoplex.models.feature_extract import GeneSetScores, MarkerFeatures, TileMarkerCounts
+from immunoplex.models.feature_model import FeatureModel
 from immunoplex.models.fusion import ConcatFusion, CrossAttentionFusion, GatedBilinearFusion
 from immunoplex.models.marker_encoder import MarkerEncoder
 from immunoplex.models.registry import MODEL_CLASSES, instantiate_model
@@ -14,6 +16,10 @@ __all__ = [
     "ConcatFusion",
     "CrossAttentionFusion",
     "ExpressionEncoder",
+    "FeatureModel",
+    "GeneSetScores",
+    "MarkerFeatures",
+    "TileMarkerCounts",
     "GatedAttentionMIL",
     "GatedBilinearFusion",
     "MODEL_CLASSES",

@@ -33,6 +33,8 @@ from immunoplex.errors import CheckpointError
 from immunoplex.models.aggregators import GatedAttentionMIL, MaxMIL, MeanMIL, TransformerMIL
 from immunoplex.models.encoders import SmallCNN, TorchvisionEncoder
 from immunoplex.models.expression import ExpressionEncoder
+from immunoplex.models.feature_extract import GeneSetScores, MarkerFeatures, TileMarkerCounts
+from immunoplex.models.feature_model import FeatureModel
 from immunoplex.models.fusion import ConcatFusion, CrossAttentionFusion, GatedBilinearFusion
 from immunoplex.models.marker_encoder import MarkerEncoder
 from immunoplex.models.response_model import ResponseModel
@@ -53,6 +55,10 @@ MODEL_CLASSES: Mapping[str, type[nn.Module]] = MappingProxyType(
         "immunoplex.models.fusion.ConcatFusion": ConcatFusion,
         "immunoplex.models.fusion.GatedBilinearFusion": GatedBilinearFusion,
         "immunoplex.models.fusion.CrossAttentionFusion": CrossAttentionFusion,
+        "immunoplex.models.feature_model.FeatureModel": FeatureModel,
+        "immunoplex.models.feature_extract.TileMarkerCounts": TileMarkerCounts,
+        "immunoplex.models.feature_extract.MarkerFeatures": MarkerFeatures,
+        "immunoplex.models.feature_extract.GeneSetScores": GeneSetScores,
     }
 )
 CONVERT_MODES = ("none", "partial", "object", "all")

@@ -36,10 +36,16 @@ def infer(
     rows: list[dict[str, Any]] = []
     for batch in eval_loader(ds, batch_size):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        out = model(prepare(batch))
+        prepared = prepare(batch)
+        out = model(prepared)
         logits = out["logit"].float().cpu().numpy()
         risk = out.get("risk")  # the survival head (task=survival|both)
         risk_np = None if risk is None else risk.float().cpu().numpy()
+        # the prediction under every treatment (treatment-conditioned models): benefit estimates
+        cf = out.get("treatment_logits")
+        if cf is None and hasattr(model, "counterfactual_logits"):
+            cf = model.counterfactual_logits(prepared)
+        cf_np = None if cf is None else cf.float().cpu().numpy()
         attn = out.get("attention")
         for i, idx in enumerate(batch["index"].cpu().numpy()):
             rec = ds.records[int(idx)]
@@ -54,6 +60,8 @@ def infer(
             }
             if risk_np is not None:
                 row.update(risk=float(risk_np[i]), time=rec.time, event=rec.event)
+            if cf_np is not None:
+                row["counterfactual_logits"] = cf_np[i].tolist()
             if keep_attention and attn is not None:
                 n = int(batch["tile_mask"][i].sum())
                 row["attention"] = attn[i, :n].float().cpu().numpy()

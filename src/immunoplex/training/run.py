@@ -58,6 +58,10 @@ def bayes_optimal_auroc(truth_csv: Path, predictions: pd.DataFrame) -> float | N
 
 def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Trainer]:
     """Data module (prepared and set up), LightningModule and Trainer from a composed config."""
+    if cfg.model.get("frozen_tile_features") and not cfg.data.embeddings.get("enabled"):
+        # fixed tile features (model=cell_features): computed once per slide, cached
+        log.info("model.frozen_tile_features: tile features are computed once and cached")
+        cfg.data.embeddings.enabled = True
     dm = ResponseDataModule(data_config_from(cfg.data, int(cfg.seed)))
     dm.prepare_data()
     dm.setup()
@@ -117,6 +121,10 @@ def finalize(
             continue
         df = infer(prepare, module.model, dm.dataset(stage), device=device)
         df["treatment"] = [treatments[i] for i in df.pop("treatment_index")]
+        if "counterfactual_logits" in df:  # one column per treatment: logit[<treatment>]
+            cf = np.asarray(df.pop("counterfactual_logits").tolist(), dtype=float)
+            for j, name in enumerate(treatments[: cf.shape[1]]):
+                df[f"logit[{name}]"] = cf[:, j]
         df["split"] = stage
         frames[stage] = df
     # task=survival|both: risk, time/event, survival_at_<h>; Breslow baseline into the checkpoint
