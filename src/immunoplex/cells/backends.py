@@ -99,7 +99,7 @@ class ClassicalBackend:
     expand_um: float = 3.0
     min_expand_um: float = 1.0
     membrane_smooth_um: float = 0.5
-    min_contrast: float = 4.0  # Otsu classes' mean ratio below this: no foreground (noise ~2.6)
+    min_contrast: float = 3.0  # Otsu classes' mean ratio below this: no foreground (noise ~2.6)
     nuclear_threshold: float | None = None  # fixed by calibrate(); None = Otsu per image
     membrane_threshold: float | None = None
 
