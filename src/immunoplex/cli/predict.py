@@ -14,8 +14,13 @@ def _summary(df, out_dir: str) -> str:  # type: ignore[no-untyped-def]
         cal = getattr(row, "calibrated_probability", float("nan"))
         extra = f", calibrated {cal:.3f}" if cal == cal else ""
         miss = f"; missing markers {row.markers_missing}" if row.markers_missing else ""
+        risk = f"risk {row.risk:+.3f}" if hasattr(row, "risk") else ""  # survival head
+        if not hasattr(row, "probability"):  # task=survival: no response output
+            lines.append(f"  {row.patient_id}: {risk}{miss}")
+            continue
+        risk = f", {risk}" if risk else ""
         lines.append(
-            f"  {row.patient_id}: p={row.probability:.3f}{extra} ({row.predicted_class}){miss}"
+            f"  {row.patient_id}: p={row.probability:.3f}{extra} ({row.predicted_class}){risk}{miss}"
         )
     if len(df) > 10:
         lines.append(f"  ... {len(df) - 10} more")

@@ -238,6 +238,7 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
         mb = model_batch(batch, emb, dev, tile_dim)
         out = model(mb)
         logit = float(out["logit"][0])
+        risk = float(out["risk"][0]) if "risk" in out else None  # survival head (log hazard)
         attn = out.get("attention")
         attention = (
             attn[0, : rec.n_tiles].float().cpu().numpy()
@@ -265,6 +266,8 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     row = _result_row(
         pred, p, rec, infos, logit, prob, cf, t_name, t_src, errors, ctx.expression.report
     )
+    if risk is not None:
+        row["risk"] = risk
     expr_in = ctx.expression  # expression_norm=features: per-feature coverage, dropped patients
     row.update(feature_fields(expr_in.feature_report, expr_in.dropped, p.patient_id))
     slide_files = _write_slide_results(ctx, p, slides, infos, attention, scores, prob)

@@ -84,6 +84,7 @@ class FeatureModel(nn.Module):
         lr_scale: float = 20.0,
         frozen_tile_features: bool = True,
         name: str | None = None,
+        risk_head: bool = False,
     ) -> None:
         super().__init__()
         del fusion, frozen_tile_features  # the latter is read by the training run
@@ -149,6 +150,10 @@ class FeatureModel(nn.Module):
         self.main = nn.Linear(n_feat, 1, bias=False)
         nn.init.zeros_(self.main.weight)
         self.bias = nn.Parameter(torch.zeros(self.n_treatments))
+        # survival head (task=survival|both): a second linear map of the same features
+        self.risk = nn.Linear(n_feat, 1, bias=False) if risk_head else None
+        if self.risk is not None:
+            nn.init.zeros_(self.risk.weight)
         self.interaction = nn.Parameter(
             torch.zeros(self.n_treatments, n_feat), requires_grad=bool(interactions)
         )
@@ -263,6 +268,8 @@ class FeatureModel(nn.Module):
         treatment = self._treatment(batch, b, z.device)
         out["treatment_logits"] = all_logits.float()
         out["logit"] = all_logits.gather(1, treatment[:, None]).squeeze(1).float()
+        if self.risk is not None:  # task=survival|both: linear Cox log hazard on the features
+            out["risk"] = (z @ self.risk.weight.t() * self.lr_scale).squeeze(1).float()
         out["features"] = z
         out["feature_contributions"] = z * w[treatment]
         out["fused_embedding"] = z
@@ -277,6 +284,8 @@ class FeatureModel(nn.Module):
         """L2 penalty on main effects and treatment interactions (added to the loss)."""
         s2 = self.lr_scale**2
         pen = self.l2_main * s2 * self.main.weight.pow(2).sum()
+        if self.risk is not None:  # the survival head: same L2 as the main effects
+            pen = pen + self.l2_main * s2 * self.risk.weight.pow(2).sum()
         if self.use_interactions:
             inter = self.interaction * self.interaction_mask
             pen = pen + self.l2_interaction * s2 * inter.pow(2).sum()
