@@ -60,6 +60,7 @@ def test_bad_survival_cells_are_one_line_row_errors(
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_no_events_and_bad_config_are_errors(tiny_cohort: Path, tmp_path: Path) -> None:
     from immunoplex.training.run import build
 
@@ -77,6 +78,7 @@ def test_no_events_and_bad_config_are_errors(tiny_cohort: Path, tmp_path: Path) 
         build(compose_train([*base, "task=cox"], output_dir=tmp_path / "o"))
 
 
+@pytest.mark.slow
 def test_survival_training_predict_and_eval(survival_run, tiny_cohort: Path, tmp_path: Path):
     from immunoplex.evaluation.run import evaluate_predictions
 
@@ -96,6 +98,7 @@ def test_survival_training_predict_and_eval(survival_run, tiny_cohort: Path, tmp
     assert (tmp_path / "eval" / "plots" / "km_risk_groups.png").is_file()
 
 
+@pytest.mark.slow
 def test_predict_writes_risk_and_curves(survival_run, tiny_cohort: Path, tmp_path: Path):
     import subprocess
 
@@ -117,6 +120,7 @@ def test_predict_writes_risk_and_curves(survival_run, tiny_cohort: Path, tmp_pat
     assert (np.diff(s[order], axis=0) <= 1e-12).all()
 
 
+@pytest.mark.slow
 def test_task_both_has_two_heads(tiny_cohort: Path, tmp_path: Path) -> None:
     from immunoplex.training.run import train
 
