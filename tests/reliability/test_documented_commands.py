@@ -89,8 +89,6 @@ PLANS: dict[str, Plan] = {
     "make train": Plan(skip=MINUTES),
     "make test": Plan(skip=MINUTES),
     "immunoplex-synth out_dir=data/synthetic size=default seed=0": Plan(),
-    "for m in multimodal image_only expression_only; do "
-    "immunoplex-train data.root=data/synthetic model=$m task_name=table_$m": Plan(),
     # README: commands
     "immunoplex-inspect ../shared/realdata/images/vectra_qptiff/small_vectra.qptiff --json": Plan(
         needs="realdata"
@@ -154,6 +152,10 @@ PLANS: dict[str, Plan] = {
     ),
     "immunoplex-predict ckpt=data/icb/expression_transfer.json input=null "
     "expression_file=new_cohort.csv out_dir=out/": Plan(skip=ICB_MODEL),
+    # docs/cells.md: scoring segmentation against the synthetic cell truth
+    "immunoplex-synth size=default seed=0 out_dir=/tmp/cohort": Plan(),
+    ".venv/bin/python scripts/score_cells.py --cohort /tmp/cohort --out /tmp/cohort_cells "
+    "--every 4": Plan(skip="scores a default-size cohort's cells against the truth (minutes)"),
     # docs/expression_survival.md
     ".venv/bin/python scripts/loco_survival.py --realdata ../shared/realdata "
     "--out docs/expression_survival.md": Plan(skip=ICB),
@@ -232,6 +234,7 @@ def expand(cmd: str, plan: Plan, ctx: Ctx, n: int) -> list[list[str]]:
         ("input=new/slide.ome.tif", f"input={ctx.cohort / 'slides' / 'S0001.ome.tif'}"),
         ("input=crops/", f"input={ctx.cohort / 'slides'}"),
         ("/cohort/", f"{ctx.cohort}/"),
+        ("=data/synthetic/", f"={ctx.cohort}/"),  # predict's input/expression
         ("=cohort/manifest.csv", f"={ctx.cohort / 'manifest.csv'}"),
         ("=cohort/expression.csv", f"={ctx.cohort / 'expression.csv'}"),
         ("/weights/resnet18-f37072fd.pth", str(ctx.weights)),
