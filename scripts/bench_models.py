@@ -14,6 +14,10 @@ ratio; ECE (10 bins) of the calibrated probabilities; the Spearman correlation o
 benefit p(combo) - p(mono) with the truth's benefit (from the latents and effects); wall time.
 Results append to ``--results`` (JSONL, one line per run, re-runs skip finished runs) and the
 table is written to ``--table`` (markdown) and printed.
+
+``--task survival`` (issue 20): every run is ``task=survival`` (the Cox head on
+``data.survival.endpoint``); columns are the test C-index (Harrell), the oracle C-index of the
+generator's true log hazard on the same patients and their ratio (target >= 0.95).
 """
 
 from __future__ import annotations
@@ -160,6 +164,26 @@ def logreg_baseline(run_dir: Path, data: Path) -> dict:
     return {"wall_s": time.perf_counter() - t0, "best": "-", "run_dir": str(run_dir), "pred": pred}
 
 
+def survival_table(rows: list[dict]) -> str:
+    df = pd.DataFrame(rows)
+    lines = [
+        "| model | seeds | test C-index | oracle C-index (same patients) | ratio to oracle | "
+        "wall time / run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for model, g in df.groupby("model", sort=False):
+        cells = []
+        for col in ("c_index", "oracle_c_index", "ratio"):
+            v = g[col].dropna().to_numpy(float)
+            sd = v.std(ddof=1) if len(v) > 1 else 0.0
+            cells.append(f"{v.mean():.3f} ± {sd:.3f}")
+        seeds = ",".join(str(s) for s in g["seed"])
+        lines.append(
+            f"| {model} | {seeds} | " + " | ".join(cells) + f" | {g['wall_s'].mean():.0f} s |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
     lines = [
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=None, help="JSONL (default: <runs>/results)")
     ap.add_argument("--table", type=Path, default=None, help="markdown table output")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
+    ap.add_argument("--task", choices=["binary", "survival"], default="binary")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
     data = args.data.resolve()
@@ -210,6 +235,19 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 if any(r["model"] == model and r["seed"] == seed for r in done):
                     continue
+                if args.task == "survival":
+                    extra = ["task=survival", *args.overrides]
+                    res = run_model(model, seed, data, args.runs, extra)
+                    summary = json.loads((Path(res["run_dir"]) / "summary.json").read_text())
+                    row = {"model": model, "seed": seed, "wall_s": res["wall_s"], "task": "survival",
+                           "c_index": summary["test_c_index"],
+                           "oracle_c_index": summary["test_oracle_c_index"]}  # fmt: skip
+                    row["ratio"] = row["c_index"] / row["oracle_c_index"]
+                    print(json.dumps(row), flush=True)
+                    with results.open("a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    done.append(row)
+                    continue
                 if model == "logreg":
                     res = logreg_baseline(args.runs / "cell_features" / f"seed{seed}", data)
                 else:
@@ -222,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     fh.write(json.dumps(row) + "\n")
                 done.append(row)
     rows = [r for r in done if r["model"] in args.models] or done
-    text = table(rows)
+    text = survival_table(rows) if args.task == "survival" else table(rows)
     print(text)
     if args.table:
         args.table.write_text(text + "\n")
