@@ -25,11 +25,13 @@ $(DATA)/manifest.csv: | $(STAMP)
 	$(VENV)/bin/immunoplex-synth out_dir=$(DATA) size=$(SIZE) seed=$(SEED)
 
 ## Generate the synthetic cohort (if missing) and train the default model on it: the feature
-## model (MODEL=cell_features), the best on the model benchmark (docs/models.md) that fits in
-## 10 minutes on 2 CPU cores; MODEL=multimodal trains the deep tile model instead.
+## model (MODEL=cell_features, run as experiment=cell_features), the best on the model
+## benchmark (docs/models.md) that fits in 10 minutes on 2 CPU cores; MODEL=multimodal (or any
+## configs/model name) trains that model instead.
 MODEL ?= cell_features
+TRAIN_MODEL = $(if $(filter cell_features,$(MODEL)),experiment=cell_features,model=$(MODEL))
 train: $(STAMP) $(DATA)/manifest.csv
-	$(VENV)/bin/immunoplex-train model=$(MODEL) data.root=$(DATA) seed=$(SEED) $(ARGS)
+	$(VENV)/bin/immunoplex-train $(TRAIN_MODEL) data.root=$(DATA) seed=$(SEED) $(ARGS)
 
 ## Full test suite in one run: the fast tier and the slow tier (DDP, resume, long runs).
 test: $(STAMP)
