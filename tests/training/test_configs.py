@@ -300,6 +300,7 @@ def _check_primary(name: str, cfg: Any) -> None:
             "predictions", "compare", "intersect", "out_dir", "prob_column",
             "compare_prob_column", "name", "compare_name", "threshold", "group_by", "n_boot",
             "seed", "ci_level", "ece_bins", "roc_band_boot", "title",
+            "survival_groups", "survival_horizons", "survival_time_column", "survival_event_column",
         }  # fmt: skip
     if name == "synth":
         from immunoplex.synth.settings import resolve_settings
