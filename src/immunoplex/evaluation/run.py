@@ -14,7 +14,6 @@ counted from 1 = the first data row after the header.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from immunoplex.evaluation.survival_eval import (
     survival_section,
 )
 from immunoplex.utils.atomic import write_csv, write_text
+from immunoplex.utils.jsonsafe import to_json
 
 
 def _est_dict(est: dict[str, Estimate]) -> dict[str, dict[str, float | None]]:
@@ -109,21 +109,6 @@ def _confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]
 def _group_values(col: pd.Series) -> list[tuple[str, np.ndarray]]:
     text = col.map(lambda v: "(missing)" if pd.isna(v) or str(v).strip() == "" else str(v))
     return [(g, (text == g).to_numpy()) for g in sorted(text.unique())]
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars -> Python, NaN/inf -> None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def evaluate_predictions(
@@ -305,7 +290,7 @@ def evaluate_predictions(
     if surv is not None:
         result["survival"] = surv
 
-    result = _clean(result)
+    result = to_json(result)
     _write_tables(result, out)
     write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     from immunoplex.evaluation.report import write_reports
