@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from immunoplex.errors import ConfigError, ExpressionError, PanelMismatchError
+from immunoplex.errors import ConfigError, ExpressionError, PanelMismatchError, SlideReadError
 from immunoplex.inference.options import PredictOptions
 from immunoplex.inference.run import predict
 from tests.predict.conftest import opts, sub_manifest
@@ -300,7 +300,7 @@ def test_cli_writes_into_out_dir(trained_ckpt: Path, tiny_cohort: Path, tmp_path
     assert not (tmp_path / "outputs").exists()
 
 
-def test_slide_without_tissue_falls_back_to_expression(
+def test_empty_slide_is_refused_or_skipped_to_expression(
     trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path
 ) -> None:
     names = ["DAPI", "PanCK", "CD8", "CD68", "STAB1", "CD31", "CD66b"]
@@ -313,19 +313,13 @@ def test_slide_without_tissue_falls_back_to_expression(
     pd.DataFrame(
         {"slide_id": ["B1"], "patient_id": ["P0001"], "image": [str(blank)], "cohort": ["site_A"]}
     ).to_csv(manifest, index=False)
-    df = predict(
-        opts(
-            trained_ckpt,
-            manifest,
-            tmp_path / "out",
-            heatmaps=True,
-            expression=str(tiny_cohort / "expression.csv"),
-            small_cohort="global",
-        )
-    )
+    kw = dict(heatmaps=True, expression=str(tiny_cohort / "expression.csv"), small_cohort="global")
+    # An all-zero slide is a bad slide (issue 14), not "no tissue": refused by default ...
+    with pytest.raises(SlideReadError, match="blank.ome.tif: empty slide"):
+        predict(opts(trained_ckpt, manifest, tmp_path / "refused", **kw))
+    # ... and with on_bad_slide=skip the patient falls back to expression, reported.
+    df = predict(opts(trained_ckpt, manifest, tmp_path / "out", on_bad_slide="skip", **kw))
     row = df.iloc[0]
     assert row["n_tiles"] == 0 and row["modalities"] == ["expression"]
     assert 0.0 < row["probability"] < 1.0
-    assert (
-        json.loads((tmp_path / "out" / "slides" / "B1" / "slide.json").read_text())["n_tiles"] == 0
-    )
+    assert any("empty slide" in str(s) for s in row["skipped_slides"]), row["skipped_slides"]
