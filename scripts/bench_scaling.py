@@ -74,9 +74,9 @@ def per_slide_cost(cohort: Path, work: Path, device: str) -> tuple[float, int]:
     cfg = benchlib.compose([f"data.root={cohort}"])
     d = cfg.data
     panel = Panel(list(d.markers))
-    params = TilingParams(
-        tile_size=int(d.tile_size), mpp=float(d.mpp), min_tissue=float(d.min_tissue)
-    )
+    from omegaconf import OmegaConf
+
+    params = TilingParams.from_dict(OmegaConf.to_container(cfg.tiling, resolve=True))
     encoder = build_encoder(cfg.model, list(d.markers), None, seed=0).to(device)
     slides = pd.read_csv(cohort / "manifest.csv")["image"].tolist()
     cache_root = Path(tempfile.mkdtemp(prefix="tiles-", dir=work))
