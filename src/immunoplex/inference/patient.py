@@ -23,6 +23,8 @@ from immunoplex.inference.inputs import (
     SlideInput,
     treatment_index,
 )
+from immunoplex.inference.options import PatientContext
+from immunoplex.inference.predictor import Predictor, embed_bag, model_batch, tile_scores
 from immunoplex.inference.prefetch import prepare_slide
 from immunoplex.inference.stream import (
     LazyTiles,
@@ -37,8 +39,6 @@ from immunoplex.utils.atomic import write_json
 from immunoplex.utils.names import safe_name
 
 log = logging.getLogger(__name__)
-from immunoplex.inference.options import PatientContext
-from immunoplex.inference.predictor import Predictor, embed_bag, model_batch, tile_scores
 
 
 def _slide_info(
