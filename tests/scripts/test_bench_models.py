@@ -1,0 +1,62 @@
+"""scripts/bench_models.py: the scoring of one run against the generator's truth."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immunoplex.evaluation.metrics import ece
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_models.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_models", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_models"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _case(n: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, n)
+    y = rng.binomial(1, p)
+    ids = [f"P{i:04d}" for i in range(n)]
+    truth = pd.DataFrame({"patient_id": ids, "p_response": p}).set_index("patient_id")
+    pred = pd.DataFrame({"patient_id": ids, "label": y, "probability": 1 - p})
+    return pred, truth, pd.Series(0.0, index=ids)
+
+
+def test_score_reports_the_truths_own_ece_on_the_same_patients(bench) -> None:
+    pred, truth, benefit = _case()
+    pred.loc[:9, "label"] = -1  # unlabelled patients are left out of every figure
+    out = bench.score(pred, truth, benefit)
+    kept = pred[pred["label"] >= 0]
+    want = np.asarray(ece(kept["label"], truth.loc[kept["patient_id"], "p_response"]))
+    want = float(want.reshape(-1)[0])
+    assert out["n_test"] == 190
+    assert out["bayes_ece"] == pytest.approx(want)
+    # the truth reversed is far worse calibrated than the truth on the same labels
+    assert out["ece"] > 2 * out["bayes_ece"]
+    assert out["bayes"] > 0.6 and out["auroc"] == pytest.approx(1 - out["bayes"])
+
+
+def test_table_has_a_column_per_figure(bench) -> None:
+    rows = [
+        {"model": "m", "seed": s, "wall_s": 1.0, "best": "last.ckpt", "auroc": 0.7 + s / 100,
+         "bayes": 0.9, "ratio": (0.7 + s / 100) / 0.9, "ece": 0.1, "bayes_ece": 0.08,
+         "benefit_spearman": 0.5}
+        for s in (0, 1)
+    ]  # fmt: skip
+    text = bench.table(rows)
+    header, _, row = text.splitlines()
+    assert "ECE of the true p" in header
+    assert len(header.split("|")) == len(row.split("|"))
+    assert "0.705 ± 0.007" in row and "0.080 ± 0.000" in row
