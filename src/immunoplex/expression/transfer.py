@@ -8,9 +8,13 @@ penalised, ``w`` is, so the strongest penalty (C = 0) gives the prior signature 
 weaker one a learned correction. C is chosen by leave-one-cohort-out over the training cohorts
 only (score = mean of inner pooled AUROC and inner mean-over-cohorts AUROC; ties go to the
 smaller C). ``n_bags > 0`` averages that many fits on cohort-stratified bootstrap resamples
-(seeds ``seed .. seed + n_bags - 1``) after choosing C.
+(seeds ``seed .. seed + n_bags - 1``) after choosing C. ``inner_logit`` keeps each training
+sample's inner held-out logit at the chosen C (bagged too when ``n_bags > 0``; NaN where the
+cohort was not held out), so that a family can be chosen by the same inner LOCO
+(:mod:`immunoplex.expression.nested`).
 
-:class:`TransferEnsemble` averages the probabilities of several such models (model types).
+:class:`TransferEnsemble` averages the probabilities of several such models (model types), or
+(``mode="first"``) is a fallback chain: the first member that can compute a feature scores.
 
 Serialisation is plain JSON of numbers and gene names under a fixed ``kind`` string; the training
 feature matrix is stored too, so that a cohort on which some features cannot be computed is scored
@@ -118,6 +122,7 @@ class TransferModel:
         self._train_prior: np.ndarray | None = None
         self._fits: list[tuple[np.ndarray, ...]] = []
         self.cv_auroc: float | None = None
+        self.inner_logit: np.ndarray | None = None  # inner LOCO held-out logit at the chosen C
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, ...]] = {}
 
     # -- design matrix ------------------------------------------------------------------------
@@ -179,17 +184,24 @@ class TransferModel:
         return mu, sd, pmu, psd, w, b, pcols
 
     def _bags(
-        self, cols: np.ndarray, C: float, pcols: np.ndarray | None = None
+        self,
+        cols: np.ndarray,
+        C: float,
+        pcols: np.ndarray | None = None,
+        base: np.ndarray | None = None,
     ) -> list[tuple[Any, ...]]:
-        n = len(self.train_y)  # type: ignore[arg-type]
+        """The fit(s) on the training rows ``base`` (default all): one, or ``n_bags`` on
+        cohort-stratified bootstrap resamples of them."""
+        if base is None:
+            base = np.arange(len(self.train_y))  # type: ignore[arg-type]
         if self.config.n_bags <= 0:
-            return [self._fit_columns(cols, np.arange(n), C, pcols)]
-        coh = np.asarray(self.train_cohorts)
+            return [self._fit_columns(cols, base, C, pcols)]
+        coh = np.asarray(self.train_cohorts)[base]
         out = []
         for k in range(self.config.n_bags):
             rng = np.random.default_rng(self.config.seed + k)
             rows = np.concatenate(
-                [rng.choice(np.flatnonzero(coh == c), (coh == c).sum()) for c in pd.unique(coh)]
+                [rng.choice(base[coh == c], (coh == c).sum()) for c in pd.unique(coh)]
             )
             if len(np.unique(self.train_y[rows])) < 2:  # type: ignore[index]
                 continue
@@ -262,13 +274,27 @@ class TransferModel:
                     self._design(self.train_x[np.ix_(te, cols)], p, mu, sd, pmu, psd) @ w + b
                 )
         te_all = np.concatenate(held)
+
+        def crit(sc: list[np.ndarray]) -> float:
+            per = np.nanmean([_auroc(y[te], s) for te, s in zip(held, sc, strict=True)])
+            return 0.5 * (per + _auroc(y[te_all], np.concatenate(sc)))
+
         best, best_val = Cs[0], -np.inf
         for C in Cs:
-            per = np.nanmean([_auroc(y[te], s) for te, s in zip(held, scores[C], strict=True)])
-            pooled = _auroc(y[te_all], np.concatenate(scores[C]))
-            val = 0.5 * (per + pooled)
+            val = crit(scores[C])
             if val > best_val + 1e-9:
                 best, best_val = C, val
+        if self.config.n_bags > 0:  # the bagged model's own inner score, at the chosen C
+            p = self._train_prior
+            scores[best] = [
+                np.mean([self._design(self.train_x[np.ix_(te, cols)],
+                                      None if p is None else p[te], *f[:4]) @ f[4] + f[5]
+                         for f in self._bags(cols, best, base=np.flatnonzero(coh != c))], axis=0)
+                for c, te in zip(usable, held, strict=True)
+            ]  # fmt: skip
+            best_val = crit(scores[best])
+        self.inner_logit = np.full(len(y), np.nan)
+        self.inner_logit[te_all] = np.concatenate(scores[best])
         self.cv_auroc = float(best_val)
         return float(best)
 
@@ -359,12 +385,16 @@ class TransferModel:
 
 
 class TransferEnsemble:
-    """Mean probability of several :class:`TransferModel` (model types and/or seeds)."""
+    """Mean probability of several :class:`TransferModel` (model types and/or seeds); with
+    ``mode="first"`` the first member, in order, that can score the table scores it alone."""
 
-    def __init__(self, configs: Sequence[TransferConfig]) -> None:
+    def __init__(self, configs: Sequence[TransferConfig], mode: str = "mean") -> None:
         if not configs:
             raise ExpressionError("an ensemble needs at least one member")
+        if mode not in ("mean", "first"):
+            raise ExpressionError(f"ensemble mode {mode!r} is not 'mean' or 'first'")
         self.configs = list(configs)
+        self.mode = mode
         self.members: list[TransferModel] = []
 
     @property
@@ -377,7 +407,8 @@ class TransferEnsemble:
 
     def proba_with_coverage(self, values: pd.DataFrame) -> tuple[np.ndarray, list[CoverageReport]]:
         """Mean over the members that can score the table (a member with no computable feature
-        is left out and its report says so); an error when none can."""
+        is left out and its report says so); mode "first": the first that can, the reports
+        being those of the members tried (the last one scored). An error when none can."""
         probs, reports, errors = [], [], []
         for m in self.members:
             try:
@@ -389,6 +420,8 @@ class TransferEnsemble:
                 continue
             probs.append(1.0 / (1.0 + np.exp(-z)))
             reports.append(rep)
+            if self.mode == "first":
+                break
         if not probs:
             raise ExpressionError("no ensemble member can score the table: " + "; ".join(errors))
         return np.mean(probs, axis=0), reports
@@ -397,7 +430,7 @@ class TransferEnsemble:
         return self.proba_with_coverage(values)[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": KIND_ENSEMBLE, "version": _VERSION,
+        return {"kind": KIND_ENSEMBLE, "version": _VERSION, "mode": self.mode,
                 "members": [m.to_dict() for m in self.members]}  # fmt: skip
 
     @classmethod
@@ -406,7 +439,10 @@ class TransferEnsemble:
         members = [TransferModel.from_dict(m) for m in d.get("members", [])]
         if not members:
             raise CheckpointError(f"malformed {KIND_ENSEMBLE} state: no members")
-        ens = cls([m.config for m in members])
+        try:
+            ens = cls([m.config for m in members], str(d.get("mode", "mean")))
+        except ExpressionError as err:
+            raise CheckpointError(f"malformed {KIND_ENSEMBLE} state ({err})") from err
         ens.members = members
         return ens
 
