@@ -16,7 +16,8 @@ on the device for the already-read bag (normalise + encode in batches of 512 as 
 path does, forward, counterfactuals, tile scores).
 With ``--slides N`` > 1 the ratio's predict side is the marginal seconds per slide,
 (t(N slides) - t(1 slide)) / (N - 1), both measured in the same interleaved run; the average over
-the N-slide run and the single-slide ratio are printed too.
+the N-slide run and the single-slide ratio are printed too. ``--prefetch true|false|auto`` is
+predict's ``prefetch`` option (the overlap switched on or off).
 Last line: ``RATIO inference=<predict / max(read, model)> target<=1.25 PASS|MISS``.
 """
 
@@ -134,6 +135,13 @@ def main() -> None:
         "quick 2): predict's side is seconds per slide, slide k+1 prepared while k is encoded",
     )
     ap.add_argument(
+        "--prefetch",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="predict's prefetch option (slide k+1 prepared and the next tile batch read in "
+        "background threads while slide k is encoded; auto: on with >= 2 cores)",
+    )
+    ap.add_argument(
         "--levels",
         type=int,
         default=3,
@@ -194,6 +202,7 @@ def main() -> None:
                 "device": str(device),
                 "heatmaps": False,
                 "progress": False,
+                "prefetch": {"true": True, "false": False}.get(args.prefetch, "auto"),
             }
         )
         predict(cfg)
@@ -250,7 +259,10 @@ def main() -> None:
     if n_slides > 1:
         sides["predict1"] = lambda: via_predict(one=True)
     times = benchlib.interleave(sides, reps)
-    print(f"predict: {n_slides} slide(s) per run (one patient each); predict1: the slide alone")
+    print(
+        f"predict: {n_slides} slide(s) per run (one patient each); predict1: the slide alone; "
+        f"prefetch={args.prefetch}"
+    )
     for name, ts_ in times.items():
         print(f"{name:8s} s/run {benchlib.spread(ts_)}")
     med = {k: benchlib.median(v) for k, v in times.items()}

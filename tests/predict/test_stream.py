@@ -272,3 +272,55 @@ def test_slide_prefetcher_order_bound_errors() -> None:
     assert started == ["s0", "s1", "s2", "s3", "s4"]
     pf.close()  # s3, s4 prepared, never taken: closed
     assert started == ["s0", "s1", "s2", "s3", "s4"]
+
+
+def test_prefetch_option_gives_the_same_predictions(
+    trained_ckpt: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefetch=false (no background threads: slides prepared in turn, batches read by the
+    encoding thread) and prefetch=true give identical predictions; auto follows the core count."""
+    from omegaconf import OmegaConf
+
+    import immunoplex.inference.run as run_module
+    from immunoplex.errors import ConfigError
+    from immunoplex.inference.options import AUTO_PREFETCH_MIN_CORES, PredictOptions
+
+    prefetchers: list[object] = []
+    real_prefetcher = run_module.SlidePrefetcher
+
+    def counted_prefetcher(*a, **kw):  # type: ignore[no-untyped-def]
+        prefetchers.append(a)
+        return real_prefetcher(*a, **kw)
+
+    overlaps: list[bool] = []
+    real_embed = ps.embed_streamed
+
+    def embed(*a, prefetch: bool = True, **kw):  # type: ignore[no-untyped-def]
+        overlaps.append(prefetch)
+        return real_embed(*a, prefetch=prefetch, **kw)
+
+    monkeypatch.setattr(run_module, "SlidePrefetcher", counted_prefetcher)
+    monkeypatch.setattr(predict_module, "embed_streamed", embed)
+    ids = _patients(tiny_cohort, 3)
+    manifest = sub_manifest(tiny_cohort, tmp_path / "m.csv", ids)
+    on = _run(trained_ckpt, manifest, tmp_path / "on", chunk_size=4, prefetch=True)
+    assert len(prefetchers) == 1 and overlaps and all(overlaps)
+    prefetchers.clear()
+    overlaps.clear()
+    off = _run(trained_ckpt, manifest, tmp_path / "off", chunk_size=4, prefetch=False)
+    assert not prefetchers and overlaps and not any(overlaps)
+    np.testing.assert_array_equal(on.loc[ids, "logit"], off.loc[ids, "logit"])
+    np.testing.assert_array_equal(on.loc[ids, "n_tiles"], off.loc[ids, "n_tiles"])
+    for sid in on.loc[ids[0], "slide_ids"]:
+        a, b = (
+            pd.read_csv(tmp_path / d / "slides" / safe_name(sid) / "tiles.csv")
+            for d in ["on", "off"]
+        )
+        pd.testing.assert_frame_equal(a, b)
+    base = {"ckpt": "m.ckpt", "input": "s.tif", "out_dir": "o"}
+    auto = PredictOptions.from_config(OmegaConf.create(base))
+    assert auto.prefetch == "auto"
+    assert auto.overlap(AUTO_PREFETCH_MIN_CORES) and not auto.overlap(AUTO_PREFETCH_MIN_CORES - 1)
+    assert not PredictOptions.from_config({**base, "prefetch": False}).overlap(64)
+    with pytest.raises(ConfigError, match="prefetch"):
+        PredictOptions.from_config({**base, "prefetch": "sometimes"})

@@ -235,6 +235,7 @@ def validate_predict(cfg: Any) -> None:
     check_number(cfg, "mpp", 0, low_open=True, nullable=True)
     check_choice(cfg, "on_bad_slide", ("error", "skip"))
     check_choice(cfg, "input_kind", ("auto", "slide", "folder", "manifest"))
+    check_choice(cfg, "prefetch", ("auto", True, False))
     for key in ("heatmaps", "explain", "counterfactual", "allow_missing_genes", "progress"):
         check_choice(cfg, key, (True, False))
 

@@ -3,6 +3,7 @@ run shares (:class:`PatientContext`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from immunoplex.inference.predictor import Predictor
 from immunoplex.tiles.cache import TileCache
 
 RESULT_VERSION = 1
+#: ``prefetch=auto`` overlaps slide preparation and tile reading with encoding from this many
+#: cores up (BENCHMARKS.md section 6: the measurement that chose it).
+AUTO_PREFETCH_MIN_CORES = 2
 
 
 # ----------------------------------------------------------------------------- options
@@ -48,6 +52,9 @@ class PredictOptions:
     counterfactual: bool = True
     heatmap_max_side: int = 16384
     progress: bool = True
+    # slide k+1 prepared (tissue, statistics) and the next tile batch read in background threads
+    # while slide k is encoded: true | false | auto (on with >= AUTO_PREFETCH_MIN_CORES cores)
+    prefetch: Any = "auto"
 
     @classmethod
     def from_config(cls, cfg: Any) -> PredictOptions:
@@ -68,9 +75,22 @@ class PredictOptions:
             raise ConfigError(f"predict: unknown option(s) {unknown}")
         if d.get("on_bad_slide", "error") not in ("error", "skip"):
             raise ConfigError("predict: on_bad_slide must be 'error' or 'skip'")
+        if d.get("prefetch", "auto") not in ("auto", True, False):
+            raise ConfigError(
+                f"predict: prefetch must be auto, true or false, got {d['prefetch']!r}"
+            )
         if d.get("mpp") is not None and not float(d["mpp"]) > 0:
             raise ConfigError(f"predict: mpp must be > 0, got {d['mpp']}")
         return cls(**d)
+
+    def overlap(self, cores: int | None = None) -> bool:
+        """``prefetch`` resolved: whether streamed slides are prepared ahead and tile batches read
+        in background threads (``auto``: when the host has ``AUTO_PREFETCH_MIN_CORES`` cores or
+        more, ``cores`` defaulting to ``os.cpu_count()``). Predictions are the same either way."""
+        if self.prefetch == "auto":
+            n = cores if cores is not None else (os.cpu_count() or 1)
+            return n >= AUTO_PREFETCH_MIN_CORES
+        return bool(self.prefetch)
 
     def key_fields(self) -> dict[str, Any]:
         """Options that change a patient's result (part of the resume key)."""
@@ -102,3 +122,4 @@ class PatientContext:
     expression: ExpressionInputs
     clinical_table: dict[str, dict[str, float]]
     prefetch: Any = None  # inference.prefetch.SlidePrefetcher: streamed slides prepared ahead
+    overlap: bool = True  # tile batches read in a background thread (``PredictOptions.overlap``)

@@ -127,6 +127,7 @@ def _encode_opened(ctx: PatientContext, o: OpenedSlide, cm: torch.Tensor) -> Sli
         norm,
         pred.device,
         ctx.opts.chunk_size,
+        prefetch=ctx.overlap,
     )
     return streamed_slide_tiles(o, norm, emb.float().cpu().numpy())
 

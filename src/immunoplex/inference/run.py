@@ -68,7 +68,7 @@ def predict(cfg: Any) -> pd.DataFrame:
     if opts.treatment is not None:
         treatment_index(pred, opts.treatment)  # fail early on an unknown name
     cache = TileCache(opts.cache_dir or out_dir / "cache")
-    ctx = PatientContext(pred, opts, out_dir, cache, expression, clinical)
+    ctx = PatientContext(pred, opts, out_dir, cache, expression, clinical, overlap=opts.overlap())
     log.info("predicting %d patient(s) with %s on %s", len(patients), pred.path, pred.device)
     from tqdm.auto import tqdm
 
@@ -76,7 +76,7 @@ def predict(cfg: Any) -> pd.DataFrame:
     n_skipped = 0
     keys = [patient_key(ctx, p) for p in patients]
     finished = [_finished(ctx, p, k) for p, k in zip(patients, keys, strict=True)]
-    if not opts.explain:  # streamed: slide k+1 is opened and its statistics fitted meanwhile
+    if not opts.explain and ctx.overlap:  # slide k+1 opened, statistics fitted meanwhile
         ctx.prefetch = SlidePrefetcher(lambda s: prepare_slide(pred, s), ahead=1)
         ctx.prefetch.schedule(
             s for p, f in zip(patients, finished, strict=True) if f is None for s in p.slides

@@ -172,15 +172,23 @@ def _pixel_sample(
     coords: np.ndarray | None = None,
     block_tiles: int = 8,
 ) -> np.ndarray:
-    """(C, K) pixels sampled from (N, C, T, T) tiles, at most ``max_pixels`` per channel."""
-    n, c = tiles.shape[:2]
+    """The sampled tiles (K, C, T, T) of (N, C, T, T) ``tiles`` in their own dtype, at most
+    ``max_pixels`` pixels per channel; :func:`_channel_pixels` takes one channel's pixels."""
+    n = tiles.shape[0]
     per_tile = int(np.prod(tiles.shape[2:]))
     if n == 0:
-        return np.zeros((c, 0), np.float32)
+        return np.zeros((0, *tiles.shape[1:]), np.float32)
     n_take = min(n, max(1, max_pixels // max(per_tile, 1)))
     idx = _sample_tiles(n, n_take, rng, coords, int(tiles.shape[-1]), block_tiles)
-    sub = np.asarray(tiles[idx], dtype=np.float32)  # (n_take, C, T, T)
-    return np.moveaxis(sub, 1, 0).reshape(c, -1)
+    return np.asarray(tiles[idx])
+
+
+def _channel_pixels(sub: np.ndarray, ch: int) -> np.ndarray:
+    """Channel ``ch`` of sampled tiles as float32 pixels in (tile, y, x) order, non-finite values
+    dropped. One channel at a time (a few MB), not a float copy of the whole sample: on hosts
+    where fresh memory is slow to touch that copy cost more than the percentiles."""
+    v = np.ascontiguousarray(sub[:, ch], dtype=np.float32).reshape(-1)
+    return v if sub.dtype.kind in "uib" else v[np.isfinite(v)]
 
 
 @dataclass
@@ -268,20 +276,22 @@ class IntensityNorm:
             if t.ndim != 4 or t.shape[1] != c:
                 raise ConfigError(f"tile array {k} has shape {t.shape}; expected (N, {c}, T, T)")
             pres = list(presents[k]) if presents is not None else [True] * c
-            px = _pixel_sample(t, per_set, rng, coords[k] if coords is not None else None)
+            sub = _pixel_sample(t, per_set, rng, coords[k] if coords is not None else None)
             for ch in range(c):
-                if pres[ch] and px.shape[1]:
-                    v = px[ch]
-                    samples[ch].append(v[np.isfinite(v)])
+                if pres[ch] and sub.size:
+                    samples[ch].append(_channel_pixels(sub, ch))
                     any_present[ch] = True
+            del sub
         low, high = [], []
         for ch in range(c):
-            v = np.concatenate(samples[ch]) if samples[ch] else np.zeros(0, np.float32)
+            parts = samples[ch]
+            v = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros(0, np.float32)])
+            samples[ch] = []  # ``v`` is this function's own copy: partitioned in place
             if v.size == 0:
                 low.append(0.0)
                 high.append(1.0)
                 continue
-            lo, hi = np.percentile(v, [low_pct, high_pct])
+            lo, hi = np.percentile(v, [low_pct, high_pct], overwrite_input=True)
             if hi <= lo:  # flat channel: keep a non-empty range
                 hi = lo + max(abs(float(lo)) * 1e-3, 1.0)
             low.append(float(lo))

@@ -124,9 +124,10 @@ def tissue_signal(
     Each channel is scaled by :func:`scale_channel`. The signal is the mean of the ``nuclear``
     channels (of all ``channels`` when there is none or all are flat); with ``blend`` it is
     averaged with the mean of all ``channels`` (stroma has few nuclei). One running sum is kept
-    (with ``blend`` the nuclear channels are read a second time instead of keeping a second sum),
-    so memory is a few low-res planes whatever the channel count. None when all are flat.
+    (with ``blend`` the scaled nuclear channels are kept from that pass, so every channel is read
+    once), so memory is a few low-res planes whatever the channel count. None when all are flat.
     """
+    kept: dict[int, np.ndarray] = {}  # with ``blend``: scaled nuclear channels, read once
 
     def mean_of(chans: Sequence[int]) -> tuple[np.ndarray | None, list[int]]:
         acc: np.ndarray | None = None
@@ -134,6 +135,8 @@ def tissue_signal(
         for c in chans:
             z = scale_channel(read(c))
             if z is not None:
+                if blend and c in nuclear:
+                    kept[c] = z.copy()
                 acc = z if acc is None else np.add(acc, z, out=acc)
                 used.append(c)
             del z  # freed before the next channel is read
@@ -150,7 +153,7 @@ def tissue_signal(
         return sig
     sig *= 0.5
     for c in nuc:
-        z = scale_channel(read(c))
+        z = kept.pop(c) if c in kept else scale_channel(read(c))
         if z is not None:
             z *= 0.5 / len(nuc)
             sig += z
