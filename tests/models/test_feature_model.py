@@ -136,3 +136,21 @@ def test_learns_a_planted_intratumoural_signal() -> None:
     assert auroc_score(y_test.numpy().astype(int), p.astype(np.float64)) > 0.75
     name = model.feature_names.index("image:cd8_t_intratumoural_logit")
     assert model.weights()[:, name].mean() > 0
+
+
+def test_embedding_fingerprint_follows_every_tile_feature_setting() -> None:
+    """Settings that are plain attributes (not buffers) still change the embedding-cache key.
+
+    Before, ``smooth_px`` and ``border_um`` were not in the key: a config change reused the
+    tile features computed with the old values.
+    """
+    from immunoplex.training.embed import encoder_fingerprint
+
+    def fp(**kw: object) -> str:
+        return encoder_fingerprint(TileMarkerCounts(7, MARKERS, **kw))  # type: ignore[arg-type]
+
+    base = fp()
+    assert fp() == base  # deterministic
+    changed = [fp(smooth_px=9), fp(border_um=40.0), fp(tumour_threshold=0.25),
+               fp(relative=12.0), fp(cell_types={"cd8_t": ["CD8"]})]  # fmt: skip
+    assert base not in changed and len(set(changed)) == len(changed)

@@ -114,6 +114,15 @@ class TileMarkerCounts(nn.Module):
         self.column_names = list(AREAS) + [f"{t}_{c}" for t in self.types for c in COMPARTMENTS]
         self.out_dim = len(self.column_names)
 
+    def extra_repr(self) -> str:
+        # every setting that is not a buffer (the embedding-cache fingerprint hashes this)
+        return (
+            f"markers={self.markers}, types={dict(zip(self.types, self.members))}, "
+            f"tumour_idx={self.tumour_idx}, nuclear_idx={self.nuclear_idx}, "
+            f"channel_idx={self.channel_idx}, smooth_px={self.smooth_px}, "
+            f"border_px={self.border_px}"
+        )
+
     def forward(self, x: Tensor, channel_mask: Tensor | None = None) -> Tensor:
         x = x.float()
         if channel_mask is not None:

@@ -31,8 +31,14 @@ EMBED_VERSION = 1
 
 
 def encoder_fingerprint(module: nn.Module) -> str:
-    """Hash of an encoder's weights (names, shapes and bytes)."""
+    """Hash of an encoder's weights (names, shapes and bytes) and its structure.
+
+    The structure is the module's ``repr``: layer settings (kernel sizes, pooling) and, through
+    ``extra_repr``, settings that are plain attributes (e.g. ``TileMarkerCounts``' smoothing
+    width), so changing such a setting in the config never reuses embeddings it did not make.
+    """
     h = hashlib.sha1()
+    h.update(repr(module).encode())
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(name.encode())
