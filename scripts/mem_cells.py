@@ -83,8 +83,49 @@ def build(path: Path, side: int, seed: int = 0) -> dict:
     return {"n_cells_drawn": n_cells, "write_s": round(time.perf_counter() - t0, 1)}
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssTrace:
+    """Samples this process's RSS every ``every`` s in a thread (to tell a leak, which keeps
+    growing, from caches and buffers that fill once and stay flat)."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+        self._every = every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.samples.append((time.perf_counter() - self._t0, _rss_mb()))
+
+    def stop(self) -> list[list[float]]:
+        """RSS (MB) at each tenth of the run: flat after the start means no leak."""
+        self._stop.set()
+        self._thread.join()
+        if not self.samples:
+            return []
+        t_end = self.samples[-1][0]
+        out = []
+        for k in range(1, 11):
+            t, r = min(self.samples, key=lambda s: abs(s[0] - t_end * k / 10))
+            out.append([round(t), round(r)])
+        return out
+
+
 def segment(path: Path, out: Path) -> dict:
-    """Run in the child: the cell stage on the slide, every output; peak RSS of this process."""
+    """Run in the child: the cell stage on the slide, every output; peak RSS of this process
+    and its RSS over the run (``rss_trace_mb``: [seconds, MB] at each tenth)."""
     import resource
 
     from immunoplex.cells import run_slide
@@ -94,14 +135,16 @@ def segment(path: Path, out: Path) -> dict:
 
     scheme = PhenotypeScheme.load(config_dir() / "cells" / "phenotypes" / "default.yaml")
     t0 = time.perf_counter()
+    trace = RssTrace()
     with open_slide(path) as slide:
         res = run_slide(slide, "big", out, scheme=scheme)
     dt = time.perf_counter() - t0
+    rss_trace = trace.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = {k: round(p.stat().st_size / 2**20, 1) for k, p in res.files.items()}
     return {"n_cells": len(res.table), "seconds": round(dt, 1),
             "cells_per_s": round(len(res.table) / dt, 1), "peak_rss_mb": round(rss),
-            "files_mb": sizes}  # fmt: skip
+            "rss_trace_mb": rss_trace, "files_mb": sizes}  # fmt: skip
 
 
 def main() -> None:

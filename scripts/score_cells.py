@@ -2,7 +2,7 @@
 
     immunoplex-synth size=default seed=0 out_dir=/tmp/cohort
     .venv/bin/python scripts/score_cells.py --cohort /tmp/cohort --out /tmp/cohort_cells \
-        [--every 1] [--workers 1] [immunoplex-cells overrides ...]
+        [--every 1] [--offset 0] [--workers 1] [immunoplex-cells overrides ...]
 
 Runs ``immunoplex-cells`` (resumable: finished slides are skipped) on the cohort's slides, or on
 every ``--every``-th patient's slides (all slides of a chosen patient are kept, so patient
@@ -44,7 +44,9 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a[ok], b[ok])[0]) if ok.sum() > 2 else float("nan")
 
 
-def run_cells(cohort: Path, out: Path, every: int, workers: int, overrides: list[str]) -> float:
+def run_cells(
+    cohort: Path, out: Path, every: int, workers: int, overrides: list[str], offset: int = 0
+) -> float:
     """Run immunoplex-cells on the chosen slides; return its wall time (s)."""
     from hydra import compose, initialize_config_dir
 
@@ -52,7 +54,7 @@ def run_cells(cohort: Path, out: Path, every: int, workers: int, overrides: list
     from immunoplex.paths import config_dir
 
     m = pd.read_csv(cohort / "manifest.csv")
-    patients = sorted(m["patient_id"].unique())[::every]
+    patients = sorted(m["patient_id"].unique())[offset::every]
     sub = m[m["patient_id"].isin(patients)][["slide_id", "patient_id", "image"]].copy()
     sub["image"] = [str((cohort / p).resolve()) for p in sub["image"]]
     out.mkdir(parents=True, exist_ok=True)
@@ -143,19 +145,26 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--every", type=int, default=1, help="score every k-th patient's slides")
+    ap.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="start at this patient (0..every-1): tune on one subset, report another",
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--score-only", action="store_true", help="do not run immunoplex-cells")
     ap.add_argument("overrides", nargs="*", help="immunoplex-cells overrides, e.g. mpp=0.5")
     a = ap.parse_args()
     seconds = None
     if not a.score_only:
-        seconds = run_cells(a.cohort, a.out, a.every, a.workers, a.overrides)
+        seconds = run_cells(a.cohort, a.out, a.every, a.workers, a.overrides, a.offset)
     res = score(a.cohort, a.out)
     if seconds is not None:
         res["seconds"] = round(seconds, 1)
         res["cells_per_s"] = round(res["n_predicted"] / seconds, 1)
         res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     res["overrides"] = a.overrides
+    res["every"], res["offset"] = a.every, a.offset
     (a.out / "score.json").write_text(json.dumps(res, indent=1))
     json.dump(res, sys.stdout, indent=1)
     print()

@@ -72,9 +72,12 @@ def run_slide(
     tissue_um: float = 50.0,
     qc_max_size: int = 2048,
     backend: Any = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> SlideCellResult:
     """Segment, quantify and (with ``scheme``) phenotype one slide; write ``outputs`` under
-    ``out_dir`` (nothing is written without it)."""
+    ``out_dir`` (nothing is written without it). ``thresholds`` (transformed units per marker,
+    e.g. pooled over a cohort by :func:`~immunoplex.cells.phenotype.fit_thresholds`) replace
+    the slide's own."""
     segment = segment or SegmentParams()
     compartments = compartments or CompartmentParams()
     table_aliases = dict(aliases or {})
@@ -151,7 +154,7 @@ def run_slide(
         n_cells=len(table),
     )
     if scheme is not None:
-        assign_phenotypes(table, scheme)
+        assign_phenotypes(table, scheme, thresholds)
     result = SlideCellResult(table, areas)
     if out is None:
         return result

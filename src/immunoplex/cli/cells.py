@@ -2,7 +2,10 @@
 
 Slides run in a process pool (``workers``) with a progress bar; a slide whose ``cells.h5ad`` and
 ``settings.json`` exist with the same settings is skipped. Unreadable slides are listed in
-``skipped.csv`` and the run goes on. See ``configs/cells.yaml`` and docs/cells.md.
+``skipped.csv`` and the run goes on. With ``phenotypes.scope: cohort`` the positivity thresholds
+are pooled over the run's slides in two passes: the first measures every slide (tables only,
+under ``out_dir/pass1``), the thresholds are fitted on all their cells (``thresholds.json``), and
+the second writes every output with them. See ``configs/cells.yaml`` and docs/cells.md.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def cell_slide(job: dict[str, Any]) -> dict[str, Any]:
                 outputs=s["outputs"],
                 tissue_um=float(s["tissue_um"]),
                 qc_max_size=int(job["qc_max_size"]),
+                thresholds=s.get("thresholds"),
             )
         write_json(Path(job["dir"]) / "settings.json", s)
         row.update(
@@ -120,10 +124,39 @@ def _is_done(d: Path, settings: dict[str, Any]) -> bool:
         return False
 
 
-def cells_cohort(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """Run the cell stage over the slides of ``cfg`` (see configs/cells.yaml)."""
+def _run_slides(
+    c: DictConfig, rows: list[dict[str, Any]], out: Path, settings: dict[str, Any], desc: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Run the slides not yet done with ``settings`` under ``out/slides``; (results, already)."""
     from tqdm import tqdm
 
+    jobs, already = [], 0
+    for r in rows:
+        d = out / "slides" / r["slide_id"]
+        if not c.get("overwrite", False) and _is_done(d, settings):
+            already += 1
+            continue
+        jobs.append({**r, "dir": str(d), "settings": settings, "qc_max_size": c.qc_max_size})
+    bar = tqdm(total=len(jobs), desc=desc, unit="slide", disable=not c.get("progress", True),
+               file=sys.stderr)  # fmt: skip
+    results = []
+    workers = int(c.get("workers") or 1)
+    if workers <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            results.append(cell_slide(j))
+            bar.update()
+    else:
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            for f in as_completed([pool.submit(cell_slide, j) for j in jobs]):
+                results.append(f.result())
+                bar.update()
+    bar.close()
+    return results, already
+
+
+def cells_cohort(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run the cell stage over the slides of ``cfg`` (see configs/cells.yaml)."""
     from immunoplex.cells.io import read_h5ad
     from immunoplex.cells.phenotype import PhenotypeScheme
     from immunoplex.cells.spatial import SlideCells, SpatialParams, feature_catalogue, feature_table
@@ -140,30 +173,25 @@ def cells_cohort(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         tumour_type=str(sp["tumour_type"]),  # type: ignore[index]
     )
     rows = read_slides(c)
-    jobs, already = [], 0
-    for r in rows:
-        d = out / "slides" / r["slide_id"]
-        if not c.get("overwrite", False) and _is_done(d, settings):
-            already += 1
-            continue
-        jobs.append({**r, "dir": str(d), "settings": settings, "qc_max_size": c.qc_max_size})
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(jobs), desc="cells", unit="slide", disable=not c.get("progress", True),
-               file=sys.stderr)  # fmt: skip
-    results = []
-    workers = int(c.get("workers") or 1)
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            results.append(cell_slide(j))
-            bar.update()
-    else:
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
-            for f in as_completed([pool.submit(cell_slide, j) for j in jobs]):
-                results.append(f.result())
-                bar.update()
-    bar.close()
-    skipped = [r for r in results if r["status"] == "skipped"]
+    pass1: list[dict[str, Any]] = []
+    if scheme.scope == "cohort":
+        # pass 1: the tables alone; then one set of thresholds over all their cells
+        from immunoplex.cells.phenotype import fit_thresholds
+        from immunoplex.utils.atomic import write_json
+
+        first = {**settings, "outputs": ["h5ad"]}
+        pass1, _ = _run_slides(c, rows, out / "pass1", first, "cells (pass 1)")
+        tables = [read_h5ad(h) for r in rows
+                  if (h := out / "pass1" / "slides" / r["slide_id"] / "cells.h5ad").is_file()]  # fmt: skip
+        thr = fit_thresholds(tables, scheme)
+        del tables
+        write_json(out / "thresholds.json", {"scope": "cohort", "n_slides": len(rows),
+                                             "thresholds": thr})  # fmt: skip
+        settings = {**settings, "thresholds": thr}
+    results, already = _run_slides(c, rows, out, settings, "cells")
+    # a slide that fails in pass 1 fails again in pass 2: listed once
+    skipped = list({r["slide_id"]: r for r in pass1 + results if r["status"] == "skipped"}.values())
     write_csv(out / "skipped.csv", pd.DataFrame(skipped, columns=["slide_id", "image", "reason"]))
     slides = []
     for r in rows:
