@@ -156,6 +156,10 @@ PLANS: dict[str, Plan] = {
     "immunoplex-synth size=default seed=0 out_dir=/tmp/cohort": Plan(),
     ".venv/bin/python scripts/score_cells.py --cohort /tmp/cohort --out /tmp/cohort_cells "
     "--every 4": Plan(skip="scores a default-size cohort's cells against the truth (minutes)"),
+    # docs/models.md: what limits the feature model
+    ".venv/bin/python scripts/feature_ceiling.py --run <bench runs>/cell_features/seed0": Plan(
+        skip="reads a finished experiment=cell_features run on the default cohort (minutes)"
+    ),
     # docs/expression_survival.md
     ".venv/bin/python scripts/loco_survival.py --realdata ../shared/realdata "
     "--out docs/expression_survival.md": Plan(skip=ICB),
