@@ -7,8 +7,9 @@ slides, at most ``ahead`` slides ahead of the one taken last, so slide k+1's rea
 detection and statistics overlap slide k's encoding. Memory stays bounded: a prepared slide holds
 its grid and its statistics sample (at most ``IntensityNorm.fit``'s pixel budget).
 
-Errors raised while preparing are re-raised by :meth:`SlidePrefetcher.take` in the caller's thread,
-so ``on_bad_slide`` handling is unchanged.
+Used when predict's ``prefetch`` option is on (``auto``: with 2 or more cores; see
+``PredictOptions.overlap``). Errors raised while preparing are re-raised by
+:meth:`SlidePrefetcher.take` in the caller's thread, so ``on_bad_slide`` handling is unchanged.
 """
 
 from __future__ import annotations

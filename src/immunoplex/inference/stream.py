@@ -3,7 +3,7 @@
 ``immunoplex-predict`` never holds a slide's tiles: it keeps the tile grid (coordinates), the
 per-slide intensity statistics and the tile embeddings (N x D floats), so peak memory is set by the
 tile grid and one batch, not by the slide's size. Reading the next batch runs in a background
-thread while the model encodes the current one.
+thread while the model encodes the current one (predict's ``prefetch`` option; off: in turn).
 
 The per-slide intensity statistics are fitted on exactly the tiles the cached path would sample
 (``data.slides.fit_slide_norm`` draws tile indices, then reads only those through :class:`LazyTiles`), so
