@@ -83,10 +83,10 @@ def build(path: Path, side: int, seed: int = 0) -> dict:
     return {"n_cells_drawn": n_cells, "write_s": round(time.perf_counter() - t0, 1)}
 
 
-def _rss_mb() -> float:
+def _rss_mb(key: str = "VmRSS") -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -126,7 +126,6 @@ class RssTrace:
 def segment(path: Path, out: Path) -> dict:
     """Run in the child: the cell stage on the slide, every output; peak RSS of this process
     and its RSS over the run (``rss_trace_mb``: [seconds, MB] at each tenth)."""
-    import resource
 
     from immunoplex.cells import run_slide
     from immunoplex.cells.phenotype import PhenotypeScheme
@@ -140,7 +139,10 @@ def segment(path: Path, out: Path) -> dict:
         res = run_slide(slide, "big", out, scheme=scheme)
     dt = time.perf_counter() - t0
     rss_trace = trace.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, the high-water mark of this process's own memory: ru_maxrss survives exec on Linux,
+    # so in this child it reported the parent's peak at fork (6.8 GB after writing a
+    # 20,000-px slide through a memmap), not the cell stage's
+    rss = _rss_mb("VmHWM")
     sizes = {k: round(p.stat().st_size / 2**20, 1) for k, p in res.files.items()}
     return {"n_cells": len(res.table), "seconds": round(dt, 1),
             "cells_per_s": round(len(res.table) / dt, 1), "peak_rss_mb": round(rss),
