@@ -29,11 +29,10 @@ STEPS = {
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    os.environ.get("IMMUNOPLEX_RUN_GPU_CHECK") != "1",
-    reason="the CPU run of scripts/gpu_check.sh takes 10-35 min on 2 cores, too long for CI's "
-    "90 minutes beside the rest of the slow tier; run with IMMUNOPLEX_RUN_GPU_CHECK=1",
+    os.environ.get("IMMUNOPLEX_SKIP_GPU_CHECK") == "1",
+    reason="IMMUNOPLEX_SKIP_GPU_CHECK=1: the CPU run of scripts/gpu_check.sh is left out",
 )
-@pytest.mark.timeout(3600)  # ~35 min under load 15-19 on 2 cores (2026-12-01)
+@pytest.mark.timeout(3600)  # ~35 min under load 15-19 on 2 cores, a few min when idle
 def test_gpu_check_cpu_quick(tmp_path: Path, tiny_cohort: Path) -> None:
     cache = tmp_path / "bench"
     shutil.copytree(tiny_cohort, cache / "cohort_tiny")
