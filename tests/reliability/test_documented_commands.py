@@ -153,8 +153,12 @@ PLANS: dict[str, Plan] = {
     "immunoplex-predict ckpt=data/icb/expression_transfer.json input=null "
     "expression_file=new_cohort.csv out_dir=out/": Plan(skip=ICB_MODEL),
     # docs/cells.md: scoring segmentation against the synthetic cell truth
-    "immunoplex-synth size=default seed=0 out_dir=/tmp/cohort": Plan(),
-    ".venv/bin/python scripts/score_cells.py --cohort /tmp/cohort --out /tmp/cohort_cells "
+    "immunoplex-synth size=default seed=0 out_dir=data/synthetic": Plan(),
+    ".venv/bin/python scripts/score_cells.py --cohort data/synthetic --out /tmp/cells_dev "
+    "--every 4 --offset 1": Plan(
+        skip="scores a default-size cohort's cells against the truth (minutes)"
+    ),
+    ".venv/bin/python scripts/score_cells.py --cohort data/synthetic --out /tmp/cells_e4 "
     "--every 4": Plan(skip="scores a default-size cohort's cells against the truth (minutes)"),
     # docs/models.md: what limits the feature model
     ".venv/bin/python scripts/feature_ceiling.py --run <bench runs>/cell_features/seed0": Plan(
