@@ -204,7 +204,8 @@ def test_prefetched_sample_first_equals_serial(
     real_read = ps.LazyTiles.read
 
     def counted(self, sel, out=None):  # type: ignore[no-untyped-def]
-        reads.extend((id(self.s), int(i)) for i in sel)
+        # by slide id: id() of a closed slide object can be reused by the next one
+        reads.extend((self.s.slide_id, int(i)) for i in sel)
         return real_read(self, sel, out)
 
     monkeypatch.setattr(ps.LazyTiles, "read", counted)
