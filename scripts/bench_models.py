@@ -34,8 +34,16 @@ from scipy import special, stats
 
 REPO = Path(__file__).resolve().parents[1]
 COMBO, MONO = "bexmarilimab+anti-PD-1", "anti-PD-1"
-#: rows run as an experiment config (its model plus training settings) instead of model=<row>
-EXPERIMENTS = {"cell_features": "cell_features"}
+#: rows run as an experiment config (its model plus training settings) instead of model=<row>,
+#: with the row's own overrides: the feature model on the cell table, and that model with one
+#: of its two measured modalities removed (the fusion check of issue 16)
+EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
+    "cell_features": ("cell_features", []),
+    "cell_table": ("cell_table", []),
+    "count_mil": ("count_mil", []),
+    "cell_table_cells_only": ("cell_table", ["model.modalities=[]"]),
+    "cell_table_expression_only": ("cell_table", ["data.features.table=null"]),
+}
 
 
 def true_benefit(truth: pd.DataFrame, effects: dict) -> pd.Series:
@@ -87,9 +95,10 @@ def run_model(model: str, seed: int, data: Path, runs: Path, extra: list[str]) -
     from immunoplex.training.run import train
 
     out = runs / model / f"seed{seed}"
-    exp = EXPERIMENTS.get(model)
+    exp, row_overrides = EXPERIMENTS.get(model, (None, []))
     overrides = [
         f"experiment={exp}" if exp else f"model={model}",
+        *row_overrides,
         f"seed={seed}",
         f"data.root={data}",
         "trainer.enable_progress_bar=false",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
+import pytest
 import torch
 
+from immunoplex.errors import ConfigError
 from immunoplex.evaluation.metrics import auroc_score
 from immunoplex.models.feature_extract import (
     GeneSetScores,
@@ -154,3 +158,55 @@ def test_embedding_fingerprint_follows_every_tile_feature_setting() -> None:
     changed = [fp(smooth_px=9), fp(border_um=40.0), fp(tumour_threshold=0.25),
                fp(relative=12.0), fp(cell_types={"cd8_t": ["CD8"]})]  # fmt: skip
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+def _table_batch(n: int, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Two table columns; the label follows column 0 only; some rows and values are missing."""
+    x = torch.randn(n, 2, generator=gen)
+    y = (torch.rand(n, generator=gen) < torch.sigmoid(2.5 * x[:, 0])).float()
+    has = torch.ones(n, dtype=torch.bool)
+    has[::10] = False  # no row: unobserved whatever the values say
+    x[has.logical_not()] = 1e6
+    x[1::7, 1] = float("nan")  # an empty value
+    batch = {"features": x, "has_features": has, "clinical": torch.zeros(n, 0),
+             "treatment": torch.arange(n) % 2}  # fmt: skip
+    return batch, y
+
+
+def test_table_features_are_inputs_named_and_learned() -> None:
+    gen = torch.Generator().manual_seed(0)
+    model = FeatureModel(
+        n_channels=7, markers=MARKERS, modalities=["expression"], n_genes=len(GENE_NAMES),
+        gene_names=GENE_NAMES, treatments=["a", "b"], table_features=["itf", "noise"],
+        table_labels=["intratumoural CD8 share", "noise"], use_clinical=False,
+        expression_encoder=partial(GeneSetScores, gene_sets=SETS),
+    )  # fmt: skip
+    assert model.feature_names[-2:] == ["cells:itf", "cells:noise"]
+    assert model.feature_labels[-2] == "intratumoural CD8 share"
+    train, y = _table_batch(300, gen)
+    test, y_test = _table_batch(200, gen)
+    for b in (train, test):  # no expression measured: that modality is unobserved
+        b["expression"] = torch.zeros(len(b["features"]), len(GENE_NAMES))
+        b["has_expression"] = torch.zeros(len(b["features"]), dtype=torch.bool)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    for _ in range(200):
+        out = model(train)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logit"], y)
+        opt.zero_grad()
+        (loss + model.penalty()).backward()
+        opt.step()
+    assert torch.isfinite(out["logit"]).all()  # NaN values and missing rows never leak
+    model.eval()
+    with torch.no_grad():
+        out = model(test)
+    p = torch.sigmoid(out["logit"]).numpy().astype(np.float64)
+    assert auroc_score(y_test.numpy().astype(int), p) > 0.8
+    w = model.weights().mean(dim=0)
+    i, j = model.feature_names.index("cells:itf"), model.feature_names.index("cells:noise")
+    assert w[i] > 3 * abs(w[j])
+    # a patient without a row sits at the training mean: zero contribution from the table
+    no_row = test["has_features"].logical_not()
+    assert torch.allclose(out["feature_contributions"][no_row][:, -2:], torch.zeros(1))
+    with pytest.raises(ConfigError, match="patient-table features"):
+        model({k: v for k, v in test.items() if k != "features"})

@@ -42,6 +42,9 @@ class PatientRecord:
     # the survival endpoint the model learns (task=survival|both): NaN / -1 = not recorded
     time: float = math.nan
     event: int = -1
+    # a patient feature table row (data.features; NaN = empty value), None without a table
+    features: np.ndarray | None = None
+    has_features: bool = False
 
     @property
     def n_tiles(self) -> int:
@@ -97,6 +100,9 @@ class PatientBagDataset(Dataset):
         else:
             item["expression"] = torch.zeros(self.n_genes)
             item["has_expression"] = False
+        if rec.features is not None:
+            item["features"] = torch.from_numpy(rec.features)
+            item["has_features"] = rec.has_features
         present = np.ones(self.n_channels, dtype=bool)
         parts, lows, highs, embs = [], [], [], []
         for slide, sel in zip(rec.slides, chosen):
@@ -138,6 +144,9 @@ def collate_bags(items: list[dict[str, object]]) -> dict[str, torch.Tensor]:
         "channel_mask": torch.stack([it["channel_mask"] for it in items]),  # type: ignore[misc]
         "has_image": torch.tensor([n_i > 0 for n_i in lengths], dtype=torch.bool),
     }
+    if any("features" in it for it in items):  # a patient feature table (data.features)
+        batch["features"] = torch.stack([it["features"] for it in items]).float()  # type: ignore[misc]
+        batch["has_features"] = torch.tensor([bool(it["has_features"]) for it in items])
     mask = torch.zeros((b, n), dtype=torch.bool)
     for i, n_i in enumerate(lengths):
         mask[i, :n_i] = True

@@ -93,6 +93,13 @@ def modality_contributions(
         b = dict(mb)
         b[key] = torch.zeros_like(mb[key])
         out[name] = logit - _logit(model, b)
+    if "has_features" in mb:  # the patient feature table (e.g. the cell stage's), as a whole
+        if bool(mb["has_features"][0]):
+            b = dict(mb)
+            b["has_features"] = torch.zeros_like(mb["has_features"])
+            out["cells"] = logit - _logit(model, b)
+        else:
+            out["cells"] = None
     clin = mb.get("clinical")
     if pred.n_clinical and clin is not None and bool(clin[0, 1::2].any()):
         b = dict(mb)

@@ -31,6 +31,9 @@ class PredictOptions:
     out_dir: str
     expression: str | None = None
     clinical: str | None = None
+    # a patient feature table for models trained with data.features (null: run the checkpoint's
+    # cell stage on the slides, when its table came from immunoplex-cells)
+    features_table: str | None = None
     treatment: str | None = None
     cohort: str | None = None
     mpp: float | None = None
@@ -122,4 +125,5 @@ class PatientContext:
     expression: ExpressionInputs
     clinical_table: dict[str, dict[str, float]]
     prefetch: Any = None  # inference.prefetch.SlidePrefetcher: streamed slides prepared ahead
+    features: Any = None  # data.feature_table.FeatureTable filled for the run's patients
     overlap: bool = True  # tile batches read in a background thread (``PredictOptions.overlap``)

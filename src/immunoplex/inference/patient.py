@@ -205,6 +205,7 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
     clin = dict(p.clinical)
     clin.update(ctx.clinical_table.get(p.patient_id, {}))
     expr = ctx.expression.values.get(p.patient_id)
+    table = ctx.features.vector(p.patient_id) if ctx.features is not None else None
     rec = PatientRecord(
         patient_id=p.patient_id,
         label=p.label,
@@ -213,8 +214,14 @@ def predict_patient(ctx: PatientContext, p: PatientInput) -> dict[str, Any]:
         clinical=pred.clinical.transform(clin),
         expression=expr,
         slides=slides,
+        features=table,
+        has_features=table is not None,
     )
-    if rec.n_tiles == 0 and (expr is None or "expression" not in pred.modalities):
+    if (
+        rec.n_tiles == 0
+        and not rec.has_features
+        and (expr is None or "expression" not in pred.modalities)
+    ):
         raise ImmunoplexError(
             f"patient {p.patient_id}: no usable input (no tissue tiles"
             + (f"; {errors[0]}" if errors else "")
@@ -296,6 +303,8 @@ def _result_row(
         mods.append("image")
     if "expression" in pred.modalities and rec.expression is not None:
         mods.append("expression")
+    if rec.has_features:
+        mods.append("cells")
     if pred.n_clinical and rec.clinical[1::2].any():
         mods.append("clinical")
     report = report if rec.expression is not None else None
@@ -398,6 +407,8 @@ def patient_key(ctx: PatientContext, p: PatientInput) -> str:
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     expr = ctx.expression.values.get(p.patient_id)
     h.update(b"none" if expr is None else np.ascontiguousarray(expr, np.float32).tobytes())
+    tab = ctx.features.vector(p.patient_id) if ctx.features is not None else None
+    h.update(b"none" if tab is None else np.ascontiguousarray(tab, np.float32).tobytes())
     return h.hexdigest()
 
 

@@ -207,6 +207,9 @@ def model_batch(
         k: batch[k].to(device)
         for k in ("expression", "has_expression", "clinical", "treatment", "channel_mask")
     }
+    for k in ("features", "has_features"):  # a patient feature table (data.features)
+        if k in batch:
+            out[k] = batch[k].to(device)
     if emb is not None and emb.shape[0] > 0:
         out["embeddings"] = emb[None]
         out["tile_mask"] = torch.ones((1, emb.shape[0]), dtype=torch.bool, device=device)

@@ -30,6 +30,7 @@ from immunoplex.inference.outputs import COLUMN_ORDER, _calibrate, write_predict
 from immunoplex.inference.patient import _finished, patient_key, predict_patient
 from immunoplex.inference.predictor import Predictor
 from immunoplex.inference.prefetch import SlidePrefetcher, prepare_slide
+from immunoplex.inference.table_inputs import prepare_table
 from immunoplex.tiles.cache import TileCache
 from immunoplex.utils.atomic import write_json
 from immunoplex.utils.names import safe_name
@@ -68,7 +69,9 @@ def predict(cfg: Any) -> pd.DataFrame:
     if opts.treatment is not None:
         treatment_index(pred, opts.treatment)  # fail early on an unknown name
     cache = TileCache(opts.cache_dir or out_dir / "cache")
-    ctx = PatientContext(pred, opts, out_dir, cache, expression, clinical, overlap=opts.overlap())
+    features = prepare_table(pred, opts, patients, out_dir)  # cell stage first, when needed
+    ctx = PatientContext(pred, opts, out_dir, cache, expression, clinical, features=features,
+                         overlap=opts.overlap())  # fmt: skip
     log.info("predicting %d patient(s) with %s on %s", len(patients), pred.path, pred.device)
     from tqdm.auto import tqdm
 
@@ -114,6 +117,7 @@ def predict(cfg: Any) -> pd.DataFrame:
             expression.feature_report.to_dict() if expression.feature_report else None
         ),
         "treatments": pred.treatments,
+        "feature_table": features.source if features is not None else None,
         "threshold": pred.threshold,
         "calibrated": pred.calibration is not None,
         "device": str(pred.device),

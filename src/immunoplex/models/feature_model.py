@@ -85,13 +85,18 @@ class FeatureModel(nn.Module):
         frozen_tile_features: bool = True,
         name: str | None = None,
         risk_head: bool = False,
+        table_features: Sequence[str] = (),
+        table_labels: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         del fusion, frozen_tile_features  # the latter is read by the training run
         self.name = name
         mods = [str(m) for m in modalities]
-        if not mods or any(m not in MODALITIES for m in mods):
-            raise ConfigError(f"modalities must be a non-empty subset of {list(MODALITIES)}")
+        if any(m not in MODALITIES for m in mods) or not (mods or table_features):
+            raise ConfigError(
+                f"modalities must be a subset of {list(MODALITIES)}, non-empty unless a patient "
+                "feature table is read"
+            )
         self.modalities = [m for m in MODALITIES if m in mods]
         self.markers = list(markers) if markers is not None else None
         self.treatments = list(treatments) if treatments else []
@@ -131,6 +136,12 @@ class FeatureModel(nn.Module):
             names += [f"expression:{s}" for s in sets]
             labels += [f"gene set {s} (mean z-score)" for s in sets]
         self.n_expression = len(names) - self.n_image
+        # a patient feature table (data.features, e.g. the cell stage's cell_features.csv)
+        self.table_features = [str(c) for c in table_features]
+        tl = list(table_labels or self.table_features)
+        names += [f"cells:{c}" for c in self.table_features]
+        labels += [str(tl[i]) if i < len(tl) else c for i, c in enumerate(self.table_features)]
+        self.n_table = len(self.table_features)
         self.n_clinical = int(n_clinical) if use_clinical else 0
         cn = list(clinical_names or [])
         for i in range(self.n_clinical):
@@ -228,6 +239,17 @@ class FeatureModel(nn.Module):
             scores = self.expression_encoder(expr)
             cols.append(finite(scores))
             present.append(has[:, None].expand(-1, scores.shape[1]))
+        if self.n_table:
+            tab = batch.get("features")
+            if tab is None or tab.shape[1] != self.n_table:
+                got = "none" if tab is None else tab.shape[1]
+                raise ConfigError(
+                    f"model reads {self.n_table} patient-table features "
+                    f"({self.table_features[:3]}...), the batch has {got}"
+                )
+            has = batch.get("has_features", ones).bool()[:, None] & torch.isfinite(tab)
+            cols.append(torch.where(has, tab.float(), torch.zeros_like(tab, dtype=torch.float)))
+            present.append(has)
         if self.n_clinical > 0:
             clin = batch.get("clinical")
             if clin is None:
@@ -273,9 +295,12 @@ class FeatureModel(nn.Module):
         out["features"] = z
         out["feature_contributions"] = z * w[treatment]
         out["fused_embedding"] = z
-        ni, ne = self.n_image, self.n_expression
-        if ni:
-            out["image_embedding"] = z[:, :ni]
+        ni, ne, nt = self.n_image, self.n_expression, self.n_table
+        if ni or nt:  # the cell table is image-derived
+            img = [z[:, :ni]] if ni else []
+            out["image_embedding"] = torch.cat(
+                img + ([z[:, ni + ne : ni + ne + nt]] if nt else []), 1
+            )
         if ne:
             out["expression_embedding"] = z[:, ni : ni + ne]
         return out

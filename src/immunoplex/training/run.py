@@ -58,13 +58,27 @@ def bayes_optimal_auroc(truth_csv: Path, predictions: pd.DataFrame) -> float | N
 
 def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Trainer]:
     """Data module (prepared and set up), LightningModule and Trainer from a composed config."""
-    if cfg.model.get("frozen_tile_features") and not cfg.data.embeddings.get("enabled"):
+    mods = cfg.model.get("modalities")
+    reads_image = mods is None or "image" in list(mods)
+    if (
+        reads_image
+        and cfg.model.get("frozen_tile_features")
+        and not cfg.data.embeddings.get("enabled")
+    ):
         # fixed tile features (model=cell_features): computed once per slide, cached
         log.info("model.frozen_tile_features: tile features are computed once and cached")
         cfg.data.embeddings.enabled = True
     dm = ResponseDataModule(data_config_from(cfg.data, int(cfg.seed)))
+    dm.use_tiles = reads_image  # a model without an image branch is given no pixels
     dm.prepare_data()
     dm.setup()
+    if dm.feature_table is not None and not str(cfg.model.get("_target_", "")).endswith(
+        "FeatureModel"
+    ):
+        raise ConfigError(
+            f"data.features.table is set but model {cfg.model.get('name')!r} reads no patient "
+            "feature table; use model=cell_features (experiment=cell_table)"
+        )
     if dm.embedding_mode:
         from immunoplex.training.embed import attach_embeddings, build_encoder
 
