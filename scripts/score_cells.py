@@ -16,7 +16,8 @@ features pool the same slides as the truth), then prints and writes ``score.json
   ``slide_features.csv`` vs the truth counts over the generator's tissue area: Spearman;
 - the patient table (``cell_features.csv``): intratumoural CD8 fraction and Clever-1+ macrophage
   density vs the latents in ``truth.csv``: Spearman; with the same statistic computed from the
-  truth cells themselves (the ceiling the generator's sampling noise leaves).
+  truth cells themselves (the ceiling the generator's sampling noise leaves);
+- the pipeline's intratumoural CD8 fraction vs the truth cells' (``truth_cells_spearman``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ def score(cohort: Path, out: Path) -> dict:
         ),
         "density_clever1_macrophage_tissue_per_mm2": _spearman(
             tsum["n_clever1_macrophage"] / tsum["tissue_mm2"], lat["clever1_density"]
+        ),
+    }
+    # how closely the pipeline's fraction follows the truth cells' own (sampling noise aside)
+    res["truth_cells_spearman"] = {
+        "frac_intratumoural_cd8_t": _spearman(
+            pf["frac_intratumoural_cd8_t"], tsum["cd8_in"] / tsum["cd8"].replace(0, np.nan)
         ),
     }
     return res

@@ -37,6 +37,9 @@ class Rule:
     parent: str | None = None
     colour: tuple[int, int, int] = (160, 160, 160)
     label: str = ""
+    # resolve: margin scales this rule's margin: < 1 for a marker that spills over its
+    # neighbours (PanCK fills a nest, so an immune cell inside it is PanCK+ too)
+    margin_weight: float = 1.0
 
 
 @dataclass
@@ -65,7 +68,8 @@ class PhenotypeScheme:
         rules = []
         for i, r in enumerate(d.get("rules") or []):
             r = dict(r)
-            bad = sorted(set(r) - {"name", "positive", "negative", "parent", "colour", "label"})
+            keys = {"name", "positive", "negative", "parent", "colour", "label", "margin_weight"}
+            bad = sorted(set(r) - keys)
             if bad or "name" not in r:
                 raise ConfigError(f"{source}: rule {i + 1}: needs 'name', unknown key(s) {bad}")
             rules.append(
@@ -76,6 +80,7 @@ class PhenotypeScheme:
                     parent=None if r.get("parent") is None else str(r["parent"]),
                     colour=tuple(int(v) for v in r.get("colour") or (160, 160, 160)),  # type: ignore[arg-type]
                     label=str(r.get("label") or r["name"]),
+                    margin_weight=float(r.get("margin_weight", 1.0)),
                 )
             )
         scheme = cls(
@@ -121,6 +126,9 @@ class PhenotypeScheme:
             raise ConfigError(
                 f"{self.source}: threshold must be 'min_error' or 'otsu', not {self.threshold!r}"
             )
+        for r in self.rules:
+            if not r.margin_weight > 0:
+                raise ConfigError(f"{self.source}: rule {r.name!r}: margin_weight must be > 0")
         if self.resolve not in ("margin", "first"):
             raise ConfigError(
                 f"{self.source}: resolve must be 'margin' or 'first', not {self.resolve!r}"
@@ -302,7 +310,7 @@ def assign_phenotypes(
     def score(rule: Rule) -> np.ndarray:
         """How clearly a cell passes the rule: its weakest positive marker's margin."""
         ms = [margin[scheme.canonical(m)] for m in rule.positive]
-        return np.minimum.reduce(ms) if ms else np.zeros(n)
+        return rule.margin_weight * np.minimum.reduce(ms) if ms else np.zeros(n)
 
     def descend(parent: str | None, sel: np.ndarray, out: np.ndarray) -> None:
         free = sel.copy()
@@ -356,6 +364,7 @@ def assign_phenotypes(
                 "positive": list(r.positive),
                 "negative": list(r.negative),
                 "parent": r.parent,
+                "margin_weight": r.margin_weight,
             }
             for r in scheme.rules
         ],  # fmt: skip

@@ -141,7 +141,10 @@ def run_slide(
         w.close()
     tmap = tumour_map(slide, compartments, table_aliases)
     markers = marker_names(slide.channels, table_aliases)
-    table = build_table(parts, slide, slide_id, seg.mpp, markers, tmap, compartments.border_um)
+    table = build_table(
+        parts, slide, slide_id, seg.mpp, markers, tmap, compartments.border_um,
+        compartments.intratumoural_um,
+    )  # fmt: skip
     x, y = table.obs["x_um"].to_numpy(), table.obs["y_um"].to_numpy()
     areas = compartment_areas_mm2(tmap, x, y, compartments.border_um, tissue_um)
     table.uns.update(

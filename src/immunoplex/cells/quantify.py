@@ -91,6 +91,9 @@ class CompartmentParams:
     min_tumour_um2: float = 300.0  # the smallest nest kept: about two tumour cells
     max_hole_um2: float = 400.0
     border_um: float = 30.0  # |distance| <= this is the border band
+    # an immune cell counts as intratumoural (obs["intratumoural"], frac_intratumoural_*) this
+    # deep inside a nest: one held at the border, within the map's ~3 µm placement error, is not
+    intratumoural_um: float = 0.0
     threshold: float | None = None  # on the smoothed, slide-normalised signal; None = Otsu
     min_contrast: float = 2.0  # Otsu classes' mean ratio below this = no tumour (one population)
 
@@ -221,6 +224,7 @@ def build_table(
     markers: list[str],
     tmap: TumourMap,
     border_um: float,
+    intratumoural_um: float = 0.0,
 ) -> CellTable:
     """Concatenate per-tile measurements into a :class:`CellTable` with compartments."""
     cat = {k: np.concatenate([p[k] for p in parts]) if parts else None for k in
@@ -240,6 +244,7 @@ def build_table(
     )
     obs["tumour_distance_um"] = dist.astype(np.float32)
     obs["in_border"] = np.abs(dist) <= border_um
+    obs["intratumoural"] = inside & (dist > intratumoural_um)
     obs.index = pd.Index([f"{slide_id}:{i}" for i in obs["cell_id"]], name="cell")
     h, w = working_shape(slide, mpp)
     uns = {
@@ -248,6 +253,7 @@ def build_table(
         "slide_mpp": float(slide.level_mpp(0)),
         "slide_path": str(slide.path),
         "border_um": float(border_um),
+        "intratumoural_um": float(intratumoural_um),
         "sign_convention": "tumour_distance_um > 0 inside tumour, < 0 in stroma",
     }
     return CellTable(obs, X, N, markers, list(slide.channels), float(mpp), uns)

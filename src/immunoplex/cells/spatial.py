@@ -31,6 +31,12 @@ class SlideCells:
     in_border: np.ndarray
     distance_um: np.ndarray
     areas_mm2: Mapping[str, float] = field(default_factory=dict)
+    intratumoural: np.ndarray | None = None  # immune cells deep enough inside; None = in_tumour
+
+    @property
+    def inside(self) -> np.ndarray:
+        """Cells counted as intratumoural (``frac_intratumoural_*``)."""
+        return self.in_tumour if self.intratumoural is None else self.intratumoural
 
     @classmethod
     def from_table(
@@ -47,6 +53,7 @@ class SlideCells:
             in_border=o["in_border"].to_numpy(bool),
             distance_um=o["tumour_distance_um"].to_numpy(np.float64),
             areas_mm2=dict(areas_mm2),
+            intratumoural=o["intratumoural"].to_numpy(bool) if "intratumoural" in o else None,
         )
 
 
@@ -102,7 +109,7 @@ def features(
         if t in lineage_tumour:
             continue
         n = sum(int(m[t].sum()) for m in member)
-        n_in = sum(int((m[t] & s.in_tumour).sum()) for s, m in zip(slides, member))
+        n_in = sum(int((m[t] & s.inside).sum()) for s, m in zip(slides, member))
         out[f"frac_intratumoural_{t}"] = _safe(n_in, n)
     for r in scheme.rules:
         if r.parent is not None:
@@ -181,7 +188,8 @@ def feature_catalogue(scheme: PhenotypeScheme, params: SpatialParams | None = No
         if name.startswith("density_"):
             rows.append((name, "cells/mm²", "cells of the type per mm² of the compartment"))
         elif name.startswith("frac_intratumoural_"):
-            rows.append((name, "fraction", "share of the type's cells inside tumour"))
+            rows.append((name, "fraction", "share of the type's cells inside tumour (at least "
+                         "compartments.intratumoural_um deep)"))  # fmt: skip
         elif name.startswith("frac_"):
             rows.append((name, "fraction", "share of the parent type that is the child type"))
         elif name.startswith("median_tumour_distance"):
