@@ -7,7 +7,10 @@ Each (model, seed) is one ``immunoplex-train`` run (the shipped config, ``seed``
 validation draw and the initialisation; the test split is the manifest's), scored on its test
 patients. ``logreg`` is a plain scikit-learn baseline (L2 logistic regression, C by 5-fold CV on
 the training patients, temperature-calibrated on validation) on the feature model's raw features
-plus feature x treatment interactions, with the same split.
+plus feature x treatment interactions, with the same split; ``logreg_cells`` the same on the
+``cell_table`` run's features. The ``cell_table*`` rows read the cell stage's patient table
+(``make cells`` first: ``<data>/cell_stage/cell_features.csv``); ``cell_table_cells_only`` and
+``cell_table_expression_only`` are that model without its expression or its cell inputs.
 
 Columns: test AUROC; the Bayes AUROC (the generator's p_response) of the same patients and the
 ratio; ECE (10 bins) of the calibrated probabilities; the Spearman correlation of the predicted
@@ -40,10 +43,12 @@ COMBO, MONO = "bexmarilimab+anti-PD-1", "anti-PD-1"
 EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "cell_features": ("cell_features", []),
     "cell_table": ("cell_table", []),
-    "count_mil": ("count_mil", []),
     "cell_table_cells_only": ("cell_table", ["model.modalities=[]"]),
     "cell_table_expression_only": ("cell_table", ["data.features.table=null"]),
 }
+#: simple-baseline rows: sklearn's L2 logistic regression (C by 5-fold CV on the training
+#: patients) on the raw features of the feature-model run of the same seed
+LOGREG = {"logreg": "cell_features", "logreg_cells": "cell_table"}
 
 
 def true_benefit(truth: pd.DataFrame, effects: dict) -> pd.Series:
@@ -227,7 +232,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO / "data" / "synthetic")
-    ap.add_argument("--models", nargs="+", default=["cell_features", "logreg", "multimodal",
+    ap.add_argument("--models", nargs="+", default=["cell_features", "logreg", "cell_table",
+                                                    "logreg_cells", "cell_table_cells_only",
+                                                    "cell_table_expression_only", "multimodal",
                                                     "image_only", "expression_only"])  # fmt: skip
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_models")
@@ -263,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                         fh.write(json.dumps(row) + "\n")
                     done.append(row)
                     continue
-                if model == "logreg":
-                    res = logreg_baseline(args.runs / "cell_features" / f"seed{seed}", data)
+                if model in LOGREG:  # the baseline on the features of that row's run
+                    res = logreg_baseline(args.runs / LOGREG[model] / f"seed{seed}", data)
                 else:
                     res = run_model(model, seed, data, args.runs, list(args.overrides))
                 row = {"model": model, "seed": seed, "wall_s": res["wall_s"], "best": res["best"]}

@@ -111,6 +111,11 @@ PLANS: dict[str, Plan] = {
     "immunoplex-train ckpt_path=runs/train/<run>/checkpoints/last.ckpt": Plan(
         subs=(("trainer.max_epochs=1", "trainer.max_epochs=2"),)
     ),
+    "make cells": Plan(skip="the cell stage over the default cohort: ~18 min on 2 cores"),
+    "immunoplex-train experiment=cell_table data.root=data/synthetic": Plan(
+        skip="reads the default cohort's cell table (make cells); "
+        "tests/predict/test_cell_table_predict.py trains it on the tiny cohort's"
+    ),
     "immunoplex-cv data.split.mode=kfold data.split.n_folds=5": Plan(
         subs=(("n_folds=5", "n_folds=2"),)
     ),
