@@ -60,3 +60,18 @@ def test_table_has_a_column_per_figure(bench) -> None:
     assert "ECE of the true p" in header
     assert len(header.split("|")) == len(row.split("|"))
     assert "0.705 ± 0.007" in row and "0.080 ± 0.000" in row
+
+
+def test_readme_model_table_is_the_benchmark_docs_table() -> None:
+    """README's model table is docs/models.md's benchmark block, copied whole (issue 16.4)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+
+    def block(path: Path) -> str:
+        m = re.search(r"<!-- bench_models:start -->\n(.*?)<!-- bench_models:end -->",
+                      path.read_text(), flags=re.S)  # fmt: skip
+        assert m, f"{path}: no bench_models block"
+        return m.group(1)
+
+    assert block(root / "README.md") == block(root / "docs" / "models.md")
