@@ -37,6 +37,7 @@ import pandas as pd
 
 from immunoplex.cells.cohort import CELLS_CONFIG
 from immunoplex.errors import ConfigError, ManifestError
+from immunoplex.utils.tables import MISSING_TEXT, read_table
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,11 @@ def _catalogue_labels(table: Path, columns: Sequence[str]) -> dict[str, str]:
 
 
 def read_values(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
-    """The table's ``columns`` as floats, indexed by patient id (NaN where a cell is empty)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: patient feature table not found")
-    try:
-        df = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=True)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise ManifestError(f"{path}: not a readable CSV table ({err})") from None
+    """The table's ``columns`` as floats, indexed by patient id (NaN where a cell is empty).
+
+    Read with the project's one table reader (CSV, TSV or Parquet; missing file, short rows and
+    repeated column names are its one-line errors)."""
+    df = read_table(path, "patient feature table")
     if "patient_id" not in df.columns:
         raise ManifestError(f"{path}: no patient_id column; has {list(df.columns)[:8]}")
     missing = [c for c in columns if c not in df.columns]
@@ -152,14 +150,16 @@ def read_values(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
             f"{path}: column(s) {missing[:5]} of the model are not in the table "
             f"(it has {len(df.columns) - 1} columns, e.g. {list(df.columns)[1:6]})"
         )
-    ids = df["patient_id"].astype(str).str.strip()
+    ids = df["patient_id"].str.strip()
     dup = ids[ids.duplicated()].unique().tolist()
     if dup:
         raise ManifestError(f"{path}: patient_id(s) {dup[:5]} appear on more than one row")
     out = {}
     for col in columns:
-        vals = pd.to_numeric(df[col], errors="coerce")
-        bad = vals.isna() & df[col].notna()
+        text = df[col].str.strip()
+        empty = text.str.lower().isin(MISSING_TEXT)
+        vals = pd.to_numeric(text.where(~empty), errors="coerce")
+        bad = vals.isna() & ~empty
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise ManifestError(
