@@ -55,6 +55,39 @@ def test_gates_override_otsu():
     assert t.obs["phenotype"].astype(str).tolist() == ["other", "other", "cd8_t", "cd8_t"]
 
 
+def test_spillover_revokes_a_dim_neighbour_of_a_bright_positive():
+    # cells 0-1: a CD8 T cell (CD8 41 over a background of 0.5) and a tumour cell touching it with
+    # a third of its signal; 2-3: two touching CD8 T cells of similar brightness; 4: a dim
+    # positive alone, 50 µm away; 5-9: negatives
+    cd8 = [41, 14, 30, 36, 14, 0.5, 0.6, 0.4, 0.5, 0.5]
+    t = _table({"PanCK": [0, 9, 0, 0, 0, 0, 0, 0, 0, 9], "CD8": cd8})
+    t.obs["x_um"] = [0, 8, 100, 108, 150, 300, 320, 340, 360, 380]
+    t.obs["y_um"] = 0.0
+    gates = {"PanCK": 1, "CD8": 1}
+    off = PhenotypeScheme.from_dict(RULES)
+    assign_phenotypes(t, off, thresholds=gates)
+    assert t.obs["CD8_pos"].tolist()[:5] == [True] * 5
+    on = PhenotypeScheme.from_dict({**RULES, "spillover": {"ratio": 0.5, "radius_um": 10}})
+    assign_phenotypes(t, on, thresholds=gates)
+    assert t.obs["CD8_pos"].tolist()[:5] == [True, False, True, True, True]
+    assert t.obs["phenotype"].astype(str).tolist()[:5] == ["cd8_t", "tumour", "cd8_t", "cd8_t",
+                                                           "cd8_t"]  # fmt: skip
+    assert t.uns["phenotype"]["spillover"]["n_revoked"]["CD8"] == 1
+    # a smaller radius does not reach the neighbour
+    near = PhenotypeScheme.from_dict({**RULES, "spillover": {"ratio": 0.5, "radius_um": 5}})
+    assign_phenotypes(t, near, thresholds=gates)
+    assert t.obs["CD8_pos"].tolist()[:5] == [True] * 5
+
+
+@pytest.mark.parametrize(
+    "spill", [{"ratio": 1.5}, {"ratio": 0.5, "radius_um": 0}, {"ratio": 0.5, "radius": 3}]
+)
+def test_bad_spillover_settings_are_one_line_config_errors(spill):
+    with pytest.raises(ConfigError, match="spillover") as err:
+        PhenotypeScheme.from_dict({**RULES, "spillover": spill})
+    assert "\n" not in str(err.value)
+
+
 def test_otsu_in_the_gap_and_one_population():
     t, gap = otsu_threshold(np.r_[np.full(10, 0.1), np.full(5, 3.0)])
     assert t == pytest.approx(1.55) and gap == pytest.approx(2.9)
@@ -93,7 +126,7 @@ def test_spatial_features_against_hand_counts():
                {"tissue": 2.0, "tumour": 0.5, "stroma": 1.5, "border": 0.1})  # fmt: skip
     b = _slide("b", "P1", [("cd8_t", 0, 0, False), ("macrophage", 0, 20, False)],
                {"tissue": 2.0, "tumour": 0.5, "stroma": 1.5, "border": 0.1})  # fmt: skip
-    params = SpatialParams(radius_um=15.0)
+    params = SpatialParams(radius_um=15.0, fraction_pseudocount=0.0)  # the raw k / n
     per_slide = feature_table([a, b], scheme, params, by="slide").set_index("slide_id")
     assert per_slide.loc["a", "density_cd8_t_tumour_per_mm2"] == pytest.approx(1 / 0.5)
     assert per_slide.loc["a", "density_cd8_t_stroma_per_mm2"] == pytest.approx(1 / 1.5)
@@ -112,6 +145,13 @@ def test_spatial_features_against_hand_counts():
     assert patient.loc["P1", "density_cd8_t_stroma_per_mm2"] == pytest.approx(2 / 3.0)
     assert patient.loc["P1", "frac_intratumoural_cd8_t"] == pytest.approx(1 / 3)
     assert patient.loc["P1", "frac_clever1_macrophage_of_macrophage"] == pytest.approx(1 / 3)
+    # the default: (k + 1) / (n + 2), 1 of 3 -> 0.4; a type with no cells stays NaN
+    shrunk = feature_table([a, b], scheme, SpatialParams(radius_um=15.0)).set_index("patient_id")
+    assert shrunk.loc["P1", "frac_intratumoural_cd8_t"] == pytest.approx(2 / 5)
+    assert shrunk.loc["P1", "frac_clever1_macrophage_of_macrophage"] == pytest.approx(2 / 5)
+    assert np.isnan(shrunk.loc["P1", "frac_intratumoural_endothelial"])
+    assert "(k + 1) / (n + 2)" in feature_catalogue(scheme).set_index("feature").loc[
+        "frac_intratumoural_cd8_t", "description"]
     cat = feature_catalogue(scheme, params)
     assert set(per_slide.columns) - {"patient_id"} == set(cat["feature"])
     assert cat["unit"].notna().all()

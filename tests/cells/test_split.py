@@ -11,7 +11,7 @@ from immunoplex.cells import SegmentParams, run_slide, segment_slide
 from immunoplex.cells.metrics import match_points
 from immunoplex.cells.phenotype import PhenotypeScheme, assign_phenotypes
 from immunoplex.cells.quantify import CellTable, CompartmentParams
-from immunoplex.cells.spatial import SlideCells, features
+from immunoplex.cells.spatial import SlideCells, SpatialParams, features
 from immunoplex.cells.split import split_bright_cores
 from immunoplex.errors import ConfigError
 from immunoplex.io import open_slide
@@ -150,4 +150,7 @@ def test_intratumoural_depth(tmp_path):
             ]
         }
     )
-    assert features([cells], scheme)["frac_intratumoural_cd8_t"] == pytest.approx(n_deep / len(o))
+    raw = SpatialParams(fraction_pseudocount=0.0)
+    assert features([cells], scheme, raw)["frac_intratumoural_cd8_t"] == pytest.approx(
+        n_deep / len(o)
+    )

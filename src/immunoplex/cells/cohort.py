@@ -183,6 +183,7 @@ def cells_cohort(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         radius_um=float(sp["radius_um"]),  # type: ignore[index]
         nearest=tuple((str(a), str(b)) for a, b in sp["nearest"]),  # type: ignore[index]
         tumour_type=str(sp["tumour_type"]),  # type: ignore[index]
+        fraction_pseudocount=float(sp.get("fraction_pseudocount", 1.0)),  # type: ignore[union-attr]
     )
     rows = read_slides(c)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,13 +55,17 @@ class PhenotypeScheme:
     min_separation: float = 1.0  # asinh units between the two classes' means
     threshold: str = "min_error"  # automatic split: min_error (Kittler-Illingworth) or otsu
     resolve: str = "margin"  # several top-level rules match: the clearest (margin) or the first
+    # a positive cell whose marker is under ``spill_ratio`` of a positive neighbour's (within
+    # ``spill_radius_um``, above background) reads the neighbour's signal: not positive; 0 = off
+    spill_ratio: float = 0.0
+    spill_radius_um: float = 10.0
     source: str = "phenotype rules"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "phenotype rules") -> PhenotypeScheme:
         d = dict(d)
         known = {"rules", "cofactor", "scope", "gates", "nuclear_markers", "aliases",
-                 "min_separation", "threshold", "resolve"}  # fmt: skip
+                 "min_separation", "threshold", "resolve", "spillover"}  # fmt: skip
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed {sorted(known)}")
@@ -83,6 +87,10 @@ class PhenotypeScheme:
                     margin_weight=float(r.get("margin_weight", 1.0)),
                 )
             )
+        spill = dict(d.get("spillover") or {})
+        bad = sorted(set(spill) - {"ratio", "radius_um"})
+        if bad:
+            raise ConfigError(f"{source}: spillover: unknown key(s) {bad}; allowed ratio, radius_um")
         scheme = cls(
             rules=rules,
             cofactor=float(d.get("cofactor", 5.0)),
@@ -95,6 +103,8 @@ class PhenotypeScheme:
             min_separation=float(d.get("min_separation", 1.0)),
             threshold=str(d.get("threshold", "min_error")),
             resolve=str(d.get("resolve", "margin")),
+            spill_ratio=float(spill.get("ratio", 0.0)),
+            spill_radius_um=float(spill.get("radius_um", 10.0)),
             source=source,
         )
         scheme.validate()
@@ -135,6 +145,11 @@ class PhenotypeScheme:
             )
         if not self.cofactor > 0:
             raise ConfigError(f"{self.source}: cofactor must be > 0")
+        if not (0.0 <= self.spill_ratio < 1.0 and self.spill_radius_um > 0):
+            raise ConfigError(
+                f"{self.source}: spillover needs 0 <= ratio < 1 and radius_um > 0, got "
+                f"ratio {self.spill_ratio}, radius_um {self.spill_radius_um}"
+            )
         known = {marker_key(n) for k, v in self.table.items() for n in [k, *v]}
         names = [r.name for r in self.rules]
         for r in self.rules:
@@ -171,15 +186,51 @@ class PhenotypeScheme:
         return [r for r in self.rules if r.parent == parent]
 
 
-def transformed(table: CellTable, scheme: PhenotypeScheme, marker: str) -> np.ndarray | None:
-    """``asinh(x / cofactor)`` of a marker's per-cell mean (nuclear for ``nuclear_markers``)."""
+def measured(table: CellTable, scheme: PhenotypeScheme, marker: str) -> np.ndarray | None:
+    """A marker's per-cell mean (nuclear for ``nuclear_markers``, else whole-cell), or None."""
     canon = {scheme.canonical(m): k for k, m in enumerate(table.markers)}
     k = canon.get(scheme.canonical(marker))
     if k is None:
         return None
     use_nuc = scheme.canonical(marker) in {scheme.canonical(m) for m in scheme.nuclear_markers}
     x = (table.nuclear if use_nuc else table.X)[:, k].astype(np.float64)
-    return np.arcsinh(np.nan_to_num(x, nan=0.0) / scheme.cofactor)
+    return np.nan_to_num(x, nan=0.0)
+
+
+def transformed(table: CellTable, scheme: PhenotypeScheme, marker: str) -> np.ndarray | None:
+    """``asinh(x / cofactor)`` of a marker's per-cell mean (nuclear for ``nuclear_markers``)."""
+    x = measured(table, scheme, marker)
+    return None if x is None else np.arcsinh(x / scheme.cofactor)
+
+
+def spill_positives(
+    xy: np.ndarray, values: np.ndarray, positive: np.ndarray, ratio: float, radius_um: float
+) -> np.ndarray:
+    """Positive cells whose signal is a brighter positive neighbour's spill-over.
+
+    A cell touching a CD8 T cell or a macrophage carries part of that cell's signal over its
+    own mask. Above the background (the median of the negative cells), a positive cell whose
+    value is under ``ratio`` times a positive neighbour's (centres within ``radius_um``) is
+    flagged; two positives of similar brightness (cells of a cluster) both stay positive.
+    """
+    from scipy.spatial import cKDTree
+
+    flagged = np.zeros(len(values), bool)
+    idx = np.flatnonzero(positive)
+    if ratio <= 0 or idx.size < 2:
+        return flagged
+    neg = values[~positive]
+    bg = float(np.median(neg)) if neg.size else 0.0
+    above = np.maximum(values[idx] - bg, 0.0)
+    pairs = cKDTree(xy[idx]).query_pairs(radius_um, output_type="ndarray")
+    if not len(pairs):
+        return flagged
+    i, j = pairs[:, 0], pairs[:, 1]
+    brightest = np.zeros(idx.size)  # the brightest positive neighbour of each positive cell
+    np.maximum.at(brightest, i, above[j])
+    np.maximum.at(brightest, j, above[i])
+    flagged[idx[above < ratio * brightest]] = True
+    return flagged
 
 
 def otsu_threshold(values: np.ndarray) -> tuple[float, float]:
@@ -276,10 +327,21 @@ def assign_phenotypes(
     n = len(table)
     pos: dict[str, np.ndarray] = {}
     margin: dict[str, np.ndarray] = {}  # (value - threshold) / (positives' median - threshold)
+    spill_on = scheme.spill_ratio > 0 and {"x_um", "y_um"} <= set(table.obs.columns)
+    xy = table.obs[["x_um", "y_um"]].to_numpy(np.float64) if spill_on else np.empty((0, 2))
+    n_spill: dict[str, int] = {}
     for m in scheme.markers():
         v = transformed(table, scheme, m)
         if v is not None and m in thr:
             pos[m] = v > thr[m]
+            if spill_on:
+                x = measured(table, scheme, m)
+                assert x is not None
+                spill = spill_positives(
+                    xy, x, pos[m], scheme.spill_ratio, scheme.spill_radius_um
+                )
+                n_spill[m] = int(spill.sum())
+                pos[m] &= ~spill
             above = v[pos[m]]
             scale = float(np.median(above)) - thr[m] if above.size else 1.0
             margin[m] = (v - thr[m]) / max(scale, 1e-6)
@@ -356,6 +418,8 @@ def assign_phenotypes(
         "scope": scheme.scope,
         "threshold": scheme.threshold,
         "resolve": scheme.resolve,
+        "spillover": {"ratio": scheme.spill_ratio, "radius_um": scheme.spill_radius_um,
+                      "n_revoked": n_spill},  # fmt: skip
         "gated": sorted(scheme.canonical(m) for m in scheme.gates),
         "disabled_rules": disabled,
         "rules": [

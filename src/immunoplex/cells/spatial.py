@@ -66,6 +66,10 @@ class SpatialParams:
         ("neutrophil", "tumour"),
     )
     tumour_type: str = "tumour"
+    # fractions of counts (k of n) are the posterior mean under a Beta(a, a) prior,
+    # (k + a) / (n + 2a): a patient with 3 CD8 T cells, all inside, reads 0.8, not 1.0
+    # (Laplace's rule at a = 1); 0 = the raw k / n. No cells of the type (n = 0): NaN.
+    fraction_pseudocount: float = 1.0
 
 
 def _member(scheme: PhenotypeScheme, phen: np.ndarray, t: str) -> np.ndarray:
@@ -75,6 +79,10 @@ def _member(scheme: PhenotypeScheme, phen: np.ndarray, t: str) -> np.ndarray:
 
 def _safe(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
+
+
+def _fraction(k: int, n: int, a: float) -> float:
+    return (k + a) / (n + 2 * a) if n > 0 else float("nan")
 
 
 def features(
@@ -110,12 +118,12 @@ def features(
             continue
         n = sum(int(m[t].sum()) for m in member)
         n_in = sum(int((m[t] & s.inside).sum()) for s, m in zip(slides, member))
-        out[f"frac_intratumoural_{t}"] = _safe(n_in, n)
+        out[f"frac_intratumoural_{t}"] = _fraction(n_in, n, p.fraction_pseudocount)
     for r in scheme.rules:
         if r.parent is not None:
             n_par = sum(int(m[r.parent].sum()) for m in member)
             n_ch = sum(int(m[r.name].sum()) for m in member)
-            out[f"frac_{r.name}_of_{r.parent}"] = _safe(n_ch, n_par)
+            out[f"frac_{r.name}_of_{r.parent}"] = _fraction(n_ch, n_par, p.fraction_pseudocount)
     for t in types:
         d = np.concatenate([s.distance_um[m[t]] for s, m in zip(slides, member)] or [np.empty(0)])
         d = d[np.isfinite(d)]
@@ -182,6 +190,8 @@ def feature_catalogue(scheme: PhenotypeScheme, params: SpatialParams | None = No
     p = params or SpatialParams()
     rows = [(f"area_{c}_mm2", "mm²", f"{c} area") for c in COMPARTMENTS]
     rows.append(("n_cells", "count", "segmented cells"))
+    a = p.fraction_pseudocount
+    shrink = f"(k + {a:g}) / (n + {2 * a:g}) of k in n cells" if a > 0 else "k / n"
     empty = SlideCells("x", "x", np.empty(0, str), np.empty((0, 2)), np.empty(0, bool),
                        np.empty(0, bool), np.empty(0))  # fmt: skip
     for name in features([empty], scheme, p):
@@ -189,9 +199,10 @@ def feature_catalogue(scheme: PhenotypeScheme, params: SpatialParams | None = No
             rows.append((name, "cells/mm²", "cells of the type per mm² of the compartment"))
         elif name.startswith("frac_intratumoural_"):
             rows.append((name, "fraction", "share of the type's cells inside tumour (at least "
-                         "compartments.intratumoural_um deep)"))  # fmt: skip
+                         "compartments.intratumoural_um deep); " + shrink))  # fmt: skip
         elif name.startswith("frac_"):
-            rows.append((name, "fraction", "share of the parent type that is the child type"))
+            rows.append((name, "fraction", "share of the parent type that is the child type; "
+                         + shrink))  # fmt: skip
         elif name.startswith("median_tumour_distance"):
             rows.append((name, "µm", "median signed distance to the tumour border (+ inside)"))
         elif name.startswith("nn_median"):
