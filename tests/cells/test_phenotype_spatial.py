@@ -150,8 +150,12 @@ def test_spatial_features_against_hand_counts():
     assert shrunk.loc["P1", "frac_intratumoural_cd8_t"] == pytest.approx(2 / 5)
     assert shrunk.loc["P1", "frac_clever1_macrophage_of_macrophage"] == pytest.approx(2 / 5)
     assert np.isnan(shrunk.loc["P1", "frac_intratumoural_endothelial"])
-    assert "(k + 1) / (n + 2)" in feature_catalogue(scheme).set_index("feature").loc[
-        "frac_intratumoural_cd8_t", "description"]
+    assert (
+        "(k + 1) / (n + 2)"
+        in feature_catalogue(scheme)
+        .set_index("feature")
+        .loc["frac_intratumoural_cd8_t", "description"]
+    )
     cat = feature_catalogue(scheme, params)
     assert set(per_slide.columns) - {"patient_id"} == set(cat["feature"])
     assert cat["unit"].notna().all()

@@ -90,7 +90,9 @@ class PhenotypeScheme:
         spill = dict(d.get("spillover") or {})
         bad = sorted(set(spill) - {"ratio", "radius_um"})
         if bad:
-            raise ConfigError(f"{source}: spillover: unknown key(s) {bad}; allowed ratio, radius_um")
+            raise ConfigError(
+                f"{source}: spillover: unknown key(s) {bad}; allowed ratio, radius_um"
+            )
         scheme = cls(
             rules=rules,
             cofactor=float(d.get("cofactor", 5.0)),
@@ -337,9 +339,7 @@ def assign_phenotypes(
             if spill_on:
                 x = measured(table, scheme, m)
                 assert x is not None
-                spill = spill_positives(
-                    xy, x, pos[m], scheme.spill_ratio, scheme.spill_radius_um
-                )
+                spill = spill_positives(xy, x, pos[m], scheme.spill_ratio, scheme.spill_radius_um)
                 n_spill[m] = int(spill.sum())
                 pos[m] &= ~spill
             above = v[pos[m]]
@@ -418,8 +418,11 @@ def assign_phenotypes(
         "scope": scheme.scope,
         "threshold": scheme.threshold,
         "resolve": scheme.resolve,
-        "spillover": {"ratio": scheme.spill_ratio, "radius_um": scheme.spill_radius_um,
-                      "n_revoked": n_spill},  # fmt: skip
+        "spillover": {
+            "ratio": scheme.spill_ratio,
+            "radius_um": scheme.spill_radius_um,
+            "n_revoked": n_spill,
+        },  # fmt: skip
         "gated": sorted(scheme.canonical(m) for m in scheme.gates),
         "disabled_rules": disabled,
         "rules": [
