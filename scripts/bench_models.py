@@ -45,10 +45,16 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "cell_table": ("cell_table", []),
     "cell_table_cells_only": ("cell_table", ["model.modalities=[]"]),
     "cell_table_expression_only": ("cell_table", ["data.features.table=null"]),
+    # fitted on train + val, calibrated on 5-fold out-of-fold logits (training.crossfit)
+    "cell_table_crossfit": ("cell_table", ["data.split.crossfit_folds=5"]),
+    "cell_features_crossfit": ("cell_features", ["data.split.crossfit_folds=5"]),
 }
 #: simple-baseline rows: sklearn's L2 logistic regression (C by 5-fold CV on the training
 #: patients) on the raw features of the feature-model run of the same seed
-LOGREG = {"logreg": "cell_features", "logreg_cells": "cell_table"}
+LOGREG = {"logreg": "cell_features", "logreg_cells": "cell_table",
+          "logreg_cells_crossfit": "cell_table"}  # fmt: skip
+#: baselines fitted on train + val and calibrated on 5-fold out-of-fold logits (as *_crossfit)
+CROSSFIT_LOGREG = {"logreg_cells_crossfit"}
 
 
 def true_benefit(truth: pd.DataFrame, effects: dict) -> pd.Series:
@@ -128,9 +134,11 @@ def run_model(model: str, seed: int, data: Path, runs: Path, extra: list[str]) -
     return {"wall_s": wall, "best": best, "run_dir": str(out), "pred": pred}
 
 
-def logreg_baseline(run_dir: Path, data: Path) -> dict:
-    """sklearn L2 logistic regression on the feature model's raw features (same split)."""
+def logreg_baseline(run_dir: Path, data: Path, crossfit: bool = False) -> dict:
+    """sklearn L2 logistic regression on the feature model's raw features (same split);
+    ``crossfit``: fitted on train + val, temperature from 5-fold out-of-fold logits."""
     from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from immunoplex.data.datamodule import ResponseDataModule, data_config_from
     from immunoplex.evaluation.calibration import fit_calibration
@@ -170,9 +178,18 @@ def logreg_baseline(run_dir: Path, data: Path) -> dict:
 
     x, w, t, y, _ = frames["train"]
     clf = LogisticRegressionCV(Cs=12, cv=5, scoring="neg_log_loss", max_iter=5000)
-    clf.fit(design(x, w, t), y.astype(int))
-    logit = {s: clf.decision_function(design(*frames[s][:3])) for s in ("val", "test")}
-    cal = fit_calibration(logit["val"], frames["val"][3].astype(int))
+    if crossfit:  # standardised on train as above; the pool is train + val
+        xs, ys = zip(*[(design(*frames[s][:3]), frames[s][3]) for s in ("train", "val")])
+        xp, yp = np.concatenate(xs), np.concatenate(ys).astype(int)
+        folds = StratifiedKFold(5, shuffle=True, random_state=int(cfg["seed"]) + 2)
+        oof = cross_val_predict(clf, xp, yp, cv=folds, method="decision_function")
+        clf.fit(xp, yp)
+        cal = fit_calibration(oof, yp)
+    else:
+        clf.fit(design(x, w, t), y.astype(int))
+        val_logit = clf.decision_function(design(*frames["val"][:3]))
+        cal = fit_calibration(val_logit, frames["val"][3].astype(int))
+    logit = {"test": clf.decision_function(design(*frames["test"][:3]))}
     x, w, t, y, ids = frames["test"]
     pred = pd.DataFrame({"patient_id": ids, "label": y.astype(int), "logit": logit["test"]})
     pred["probability"] = special.expit(pred["logit"])
@@ -271,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                     done.append(row)
                     continue
                 if model in LOGREG:  # the baseline on the features of that row's run
-                    res = logreg_baseline(args.runs / LOGREG[model] / f"seed{seed}", data)
+                    res = logreg_baseline(
+                        args.runs / LOGREG[model] / f"seed{seed}", data, model in CROSSFIT_LOGREG
+                    )
                 else:
                     res = run_model(model, seed, data, args.runs, list(args.overrides))
                 row = {"model": model, "seed": seed, "wall_s": res["wall_s"], "best": res["best"]}

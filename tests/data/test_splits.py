@@ -79,3 +79,27 @@ def test_fixed_split_without_test_patients_is_refused() -> None:
         make_split(df, mode="fixed")
     s = make_split(df, mode="fixed", require_test=False)  # a final model on every patient
     assert s.test == () and len(s.train) + len(s.val) == len(df)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "kfold"])
+def test_crossfit_folds_partition_train_and_val_and_keep_the_test(mode: str) -> None:
+    pts = _patients()
+    plain = make_split(pts, mode=mode, fold=1, seed=3)
+    pool = set(plain.train) | set(plain.val)
+    unlabelled = set(pts.loc[pts.label < 0, "patient_id"])
+    held = []
+    for k in range(4):
+        s = make_split(pts, mode=mode, fold=1, seed=3, crossfit_folds=4, crossfit_fold=k)
+        assert s.test == plain.test  # the test patients never enter a fit
+        assert set(s.train) | set(s.val) == pool
+        assert not set(s.train) & set(s.val) and not unlabelled & set(s.val)
+        assert s.name.endswith(f"+crossfit4-{k}")
+        held.append(set(s.val))
+    assert set().union(*held) == pool - unlabelled  # each labelled patient left out once
+    assert sum(len(h) for h in held) == len(pool - unlabelled)
+    final = make_split(pts, mode=mode, fold=1, seed=3, crossfit_folds=4, crossfit_fold=-1)
+    assert set(final.train) == pool and final.val == () and final.test == plain.test
+    # without a fold chosen (the driver's own config) the split is the plain one
+    assert make_split(pts, mode=mode, fold=1, seed=3, crossfit_folds=4) == plain
+    with pytest.raises(SplitError, match="crossfit_fold 4 outside"):
+        make_split(pts, mode=mode, fold=1, seed=3, crossfit_folds=4, crossfit_fold=4)

@@ -150,6 +150,8 @@ class ResponseDataModule(L.LightningDataModule):
             val_fraction=sc.val_fraction,
             seed=cfg.seed,
             require_test=sc.require_test,
+            crossfit_folds=sc.crossfit_folds,
+            crossfit_fold=sc.crossfit_fold,
         )
         train_ids = set(self.split.train)
         patients = cohort.patients.set_index("patient_id")

@@ -77,11 +77,18 @@ def make_split(
     val_fraction: float = 0.2,
     seed: int = 0,
     require_test: bool = True,
+    crossfit_folds: int = 0,
+    crossfit_fold: int | None = None,
 ) -> Split:
     """Build a split from a patient table with columns patient_id, label, cohort, split.
 
     A fixed split with no test patient is refused unless ``require_test=False`` (training a final
     model on every patient), so a manifest without a ``split`` column never trains untested.
+
+    ``crossfit_folds`` K >= 2 pools the training and validation patients (the test patients stay
+    out): ``crossfit_fold`` k in 0..K-1 validates on the k-th of K stratified folds of the pool
+    and trains on the rest; -1 trains on the whole pool with no validation patient (the final
+    fit of :mod:`immunoplex.training.crossfit`, calibrated on the folds' out-of-fold logits).
     """
     if mode not in MODES:
         raise SplitError(f"split mode {mode!r} is not one of {MODES}")
@@ -151,6 +158,24 @@ def make_split(
         cohort_of = table["cohort"].astype(str)
         unlabelled = np.array([p for p in unlabelled if cohort_of[p] != test_cohort])
 
+    if crossfit_folds >= 2 and crossfit_fold is not None:
+        pool = np.sort(np.concatenate([rest, val]))
+        k = int(crossfit_fold)
+        if k == -1:
+            rest, val = pool, np.array([], dtype=pool.dtype)
+        else:
+            if not 0 <= k < crossfit_folds:
+                raise SplitError(f"crossfit_fold {k} outside 0..{crossfit_folds - 1} (or -1)")
+            y_pool = labels.loc[pool].to_numpy()
+            if np.bincount(y_pool, minlength=2).min() < crossfit_folds:
+                raise SplitError(
+                    f"crossfit_folds={crossfit_folds} needs >= {crossfit_folds} training "
+                    f"patients of each class; have {np.bincount(y_pool, minlength=2).tolist()}"
+                )
+            folds = StratifiedKFold(crossfit_folds, shuffle=True, random_state=seed + 2)
+            tr, va = list(folds.split(pool, y_pool))[k]
+            rest, val = pool[tr], pool[va]
+        name = f"{name}+crossfit{crossfit_folds}-{'all' if k == -1 else k}"
     train = np.concatenate([rest, unlabelled]) if len(unlabelled) else rest
     split = Split(
         name=name,

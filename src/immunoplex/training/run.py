@@ -118,9 +118,16 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
 
 
 def finalize(
-    dm: ResponseDataModule, module: ResponseModule, best: Path, out_dir: Path, cfg: DictConfig
+    dm: ResponseDataModule,
+    module: ResponseModule,
+    best: Path,
+    out_dir: Path,
+    cfg: DictConfig,
+    calibration_data: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate on validation patients, predict the test patients, write the summary."""
+    """Calibrate on validation patients (or on ``calibration_data``, (logits, labels) from
+    elsewhere: the cross-fit's out-of-fold logits), predict the test patients, write the
+    summary."""
     ckpt = load_checkpoint(best)
     module.load_state_dict(ckpt["state_dict"])
     device = module.device
@@ -145,9 +152,13 @@ def finalize(
     surv = finalize_survival(dm, module, prepare, frames, ckpt, best, cfg)
     alpha = cfg.module.get("conformal_alpha", 0.1)
     calib = None
-    if "val" in frames and "logit" in frames["val"]:
-        val = frames["val"]
-        calib = fit_calibration(val["logit"].to_numpy(), val["label"].to_numpy(), alpha=alpha)
+    if calibration_data is not None or ("val" in frames and "logit" in frames["val"]):
+        logits, labels = (
+            calibration_data
+            if calibration_data is not None
+            else (frames["val"]["logit"].to_numpy(), frames["val"]["label"].to_numpy())
+        )
+        calib = fit_calibration(logits, labels, alpha=alpha)
         module.calibration = calib.to_dict()
         set_calibration(ckpt, calib.to_dict())
         atomic_save(ckpt, best)
@@ -189,8 +200,17 @@ def finalize(
     return summary
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, pick the best (or last) checkpoint, calibrate on validation, score the test split."""
+def train(
+    cfg: DictConfig, calibration_data: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Train, pick the best (or last) checkpoint, calibrate on validation, score the test split.
+
+    ``data.split.crossfit_folds`` >= 2: fit on train + val, calibrated out of fold
+    (:mod:`immunoplex.training.crossfit`)."""
+    from immunoplex.training.crossfit import crossfit_folds, train_crossfit
+
+    if crossfit_folds(cfg):
+        return train_crossfit(cfg, train)
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +239,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.save_checkpoint(best)
     if not trainer.is_global_zero:
         return {}
-    summary = finalize(dm, module, best, out_dir, cfg)
+    summary = finalize(dm, module, best, out_dir, cfg, calibration_data)
     summary["metrics"] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
     }

@@ -1,0 +1,66 @@
+"""Cross-fitting (data.split.crossfit_folds): K out-of-fold fits calibrate a final fit on
+train + val; the test patients stay out of every fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immunoplex.errors import ConfigError
+from immunoplex.evaluation.calibration import fit_calibration
+from immunoplex.training.checkpoint import load_checkpoint
+from immunoplex.training.run import train
+
+from .helpers import compose_train, fast_overrides
+
+FEATURES = ["model=cell_features", "model.interaction_features=null", "select_checkpoint=last"]
+
+
+@pytest.mark.slow  # four fits of the feature model on the tiny cohort (~1 min on 2 cores)
+def test_crossfit_calibrates_out_of_fold_and_fits_on_train_and_val(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    plain = train(compose_train(fast_overrides(tiny_cohort, 2) + FEATURES, tmp_path / "plain"))
+    out = tmp_path / "cf"
+    cfg = compose_train(
+        fast_overrides(tiny_cohort, 2) + FEATURES + ["data.split.crossfit_folds=3"], out
+    )
+    summary = train(cfg)
+    n = plain["n_patients"]
+    assert summary["n_patients"] == {"train": n["train"] + n["val"], "val": 0, "test": n["test"]}
+    assert summary["crossfit"]["folds"] == 3
+    oof = pd.read_csv(out / "crossfit" / "oof_predictions.csv", dtype={"patient_id": str})
+    tr_val = pd.concat(
+        [
+            pd.read_csv(tmp_path / "plain" / f"predictions_{s}.csv", dtype={"patient_id": str})
+            for s in ("val",)
+        ]  # fmt: skip
+    )
+    test_ids = set(
+        pd.read_csv(out / "predictions_test.csv", dtype={"patient_id": str})["patient_id"]
+    )
+    assert not set(oof["patient_id"]) & test_ids  # no test patient is fitted or calibrated on
+    assert set(tr_val["patient_id"]) <= set(oof["patient_id"])
+    assert oof["patient_id"].is_unique and sorted(oof["crossfit_fold"].unique()) == [0, 1, 2]
+    # the final checkpoint carries the calibration fitted on the out-of-fold logits
+    want = fit_calibration(oof["logit"].to_numpy(), oof["label"].to_numpy(), alpha=0.1)
+    ckpt = load_checkpoint(Path(summary["checkpoint"]))
+    assert ckpt["immunoplex"]["calibration"]["temperature"] == pytest.approx(want.temperature)
+    assert summary["temperature"] == pytest.approx(want.temperature)
+    test = pd.read_csv(out / "predictions_test.csv")
+    np.testing.assert_allclose(
+        test["calibrated_probability"], want.probabilities(test["logit"].to_numpy()), atol=1e-6
+    )
+    assert not (out / "predictions_val.csv").exists()
+
+
+def test_crossfit_refuses_best_checkpoint_selection(tiny_cohort: Path, tmp_path: Path) -> None:
+    cfg = compose_train(
+        fast_overrides(tiny_cohort, 1) + ["data.split.crossfit_folds=3"], tmp_path / "x"
+    )
+    with pytest.raises(ConfigError, match="select_checkpoint=last") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
