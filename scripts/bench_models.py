@@ -47,7 +47,6 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "cell_table_expression_only": ("cell_table", ["data.features.table=null"]),
     # fitted on train + val, calibrated on 5-fold out-of-fold logits (training.crossfit)
     "cell_table_crossfit": ("cell_table", ["data.split.crossfit_folds=5"]),
-    "cell_features_crossfit": ("cell_features", ["data.split.crossfit_folds=5"]),
 }
 #: simple-baseline rows: sklearn's L2 logistic regression (C by 5-fold CV on the training
 #: patients) on the raw features of the feature-model run of the same seed
@@ -249,7 +248,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO / "data" / "synthetic")
-    ap.add_argument("--models", nargs="+", default=["cell_features", "logreg", "cell_table",
+    ap.add_argument("--models", nargs="+", default=["cell_table_crossfit", "logreg_cells_crossfit",
+                                                    "cell_features", "logreg", "cell_table",
                                                     "logreg_cells", "cell_table_cells_only",
                                                     "cell_table_expression_only", "multimodal",
                                                     "image_only", "expression_only"])  # fmt: skip

@@ -18,6 +18,10 @@ features pool the same slides as the truth), then prints and writes ``score.json
   density vs the latents in ``truth.csv``: Spearman; with the same statistic computed from the
   truth cells themselves (the ceiling the generator's sampling noise leaves);
 - the pipeline's intratumoural CD8 fraction vs the truth cells' (``truth_cells_spearman``).
+
+The truth cells' fraction uses the run's estimator (``spatial.fraction_pseudocount`` a, from
+``cells_config.json``: (k + a) / (n + 2a)); ``latent_spearman_raw_fraction`` is the pipeline's
+raw k / n against the latent.
 """
 
 from __future__ import annotations
@@ -130,9 +134,21 @@ def score(cohort: Path, out: Path) -> dict:
             pf["density_clever1_macrophage_tissue_per_mm2"], lat["clever1_density"]
         ),
     }
+    # the run's fraction estimator (spatial.fraction_pseudocount a: (k + a) / (n + 2a)), applied
+    # to the truth cells for the ceiling, and the pipeline's raw k / n beside it
+    cfg_path = out / "cells_config.json"
+    spatial = json.loads(cfg_path.read_text()).get("spatial", {}) if cfg_path.is_file() else {}
+    a = float(spatial.get("fraction_pseudocount", 0.0))
+    n_cd8 = np.rint(pf["density_cd8_t_tissue_per_mm2"] * pf["area_tissue_mm2"])
+    k_in = np.rint(pf["frac_intratumoural_cd8_t"] * (n_cd8 + 2 * a) - a)
+    res["fraction_pseudocount"] = a
+    res["latent_spearman_raw_fraction"] = _spearman(
+        k_in / n_cd8.replace(0, np.nan), lat["cd8_intratumoural_fraction"]
+    )
     res["latent_spearman_truth_cells"] = {
         "frac_intratumoural_cd8_t": _spearman(
-            tsum["cd8_in"] / tsum["cd8"].replace(0, np.nan), lat["cd8_intratumoural_fraction"]
+            (tsum["cd8_in"] + a) / (tsum["cd8"] + 2 * a).where(tsum["cd8"] > 0),
+            lat["cd8_intratumoural_fraction"],
         ),
         "density_clever1_macrophage_tissue_per_mm2": _spearman(
             tsum["n_clever1_macrophage"] / tsum["tissue_mm2"], lat["clever1_density"]
@@ -141,7 +157,8 @@ def score(cohort: Path, out: Path) -> dict:
     # how closely the pipeline's fraction follows the truth cells' own (sampling noise aside)
     res["truth_cells_spearman"] = {
         "frac_intratumoural_cd8_t": _spearman(
-            pf["frac_intratumoural_cd8_t"], tsum["cd8_in"] / tsum["cd8"].replace(0, np.nan)
+            pf["frac_intratumoural_cd8_t"],
+            (tsum["cd8_in"] + a) / (tsum["cd8"] + 2 * a).where(tsum["cd8"] > 0),
         ),
     }
     return res

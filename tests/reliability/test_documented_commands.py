@@ -116,6 +116,9 @@ PLANS: dict[str, Plan] = {
         skip="reads the default cohort's cell table (make cells); "
         "tests/predict/test_cell_table_predict.py trains it on the tiny cohort's"
     ),
+    "immunoplex-train experiment=cell_features data.split.crossfit_folds=5": Plan(
+        subs=(("crossfit_folds=5", "crossfit_folds=2"),)
+    ),
     "immunoplex-cv data.split.mode=kfold data.split.n_folds=5": Plan(
         subs=(("n_folds=5", "n_folds=2"),)
     ),
