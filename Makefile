@@ -34,7 +34,7 @@ train: $(STAMP) $(DATA)/manifest.csv
 	$(VENV)/bin/immunoplex-train $(TRAIN_MODEL) data.root=$(DATA) seed=$(SEED) $(ARGS)
 
 ## The cell stage over the synthetic cohort (segmentation, phenotypes, the patient table
-## $(CELLS)/cell_features.csv that experiment=cell_table reads): ~18 min for the default cohort
+## $(CELLS)/cell_features.csv that experiment=cell_table reads): ~13 min (idle) for the default cohort
 ## on 2 cores. Then: make train MODEL=cell_table
 CELLS ?= $(DATA)/cell_stage
 cells: $(STAMP) $(DATA)/manifest.csv
