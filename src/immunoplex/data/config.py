@@ -22,8 +22,10 @@ class SplitConfig:
     test_cohort: str | None = None
     val_fraction: float = 0.2
     require_test: bool = True
-    crossfit_folds: int = 0  # >= 2: fit on train + val, calibrated out of fold (training.crossfit)
-    crossfit_fold: int | None = None  # set by the cross-fit driver: k (a fold) or -1 (the final fit)
+    # >= 2: fit on train + val, calibrated out of fold (training.crossfit); crossfit_fold is set
+    # by the cross-fit driver: k (a fold) or -1 (the final fit)
+    crossfit_folds: int = 0
+    crossfit_fold: int | None = None
 
 
 @dataclass
