@@ -28,18 +28,23 @@ $(DATA)/manifest.csv: | $(STAMP)
 ## model (MODEL=cell_features, run as experiment=cell_features), the best on the model
 ## benchmark (docs/models.md) that fits in 10 minutes on 2 CPU cores; MODEL=multimodal (or any
 ## configs/model name) trains that model instead.
+## MODEL=cell_table runs the cell stage first when its table is missing (make cells).
 MODEL ?= cell_features
+CELLS ?= $(DATA)/cell_stage
 TRAIN_MODEL = $(if $(filter cell_features cell_table,$(MODEL)),experiment=$(MODEL),model=$(MODEL))
-train: $(STAMP) $(DATA)/manifest.csv
+TRAIN_NEEDS = $(if $(filter cell_table,$(MODEL)),$(CELLS)/cell_features.csv)
+train: $(STAMP) $(DATA)/manifest.csv $(TRAIN_NEEDS)
 	$(VENV)/bin/immunoplex-train $(TRAIN_MODEL) data.root=$(DATA) seed=$(SEED) $(ARGS)
 
 ## The cell stage over the synthetic cohort (segmentation, phenotypes, the patient table
 ## $(CELLS)/cell_features.csv that experiment=cell_table reads): ~13 min (idle) for the default cohort
-## on 2 cores. Then: make train MODEL=cell_table
-CELLS ?= $(DATA)/cell_stage
+## on 2 cores; resumable (finished slides are skipped). Then: make train MODEL=cell_table
 cells: $(STAMP) $(DATA)/manifest.csv
 	$(VENV)/bin/immunoplex-cells manifest=$(DATA)/manifest.csv out_dir=$(CELLS) workers=2 \
 		'outputs=[h5ad,parquet]'
+
+$(CELLS)/cell_features.csv: | $(STAMP) $(DATA)/manifest.csv
+	$(MAKE) cells DATA=$(DATA) CELLS=$(CELLS)
 
 ## Full test suite in one run: the fast tier and the slow tier (DDP, resume, long runs).
 test: $(STAMP)
