@@ -13,8 +13,9 @@ plus feature x treatment interactions, with the same split; ``logreg_cells`` the
 ``cell_table_expression_only`` are that model without its expression or its cell inputs.
 
 Columns: test AUROC; the Bayes AUROC (the generator's p_response) of the same patients and the
-ratio; ECE (10 bins) of the calibrated probabilities; the Spearman correlation of the predicted
-benefit p(combo) - p(mono) with the truth's benefit (from the latents and effects); wall time.
+ratio; ECE (15 equal-width bins) of the calibrated probabilities; the Spearman correlation of
+the predicted benefit p(combo) - p(mono) with the truth's benefit (from the latents and
+effects); wall time.
 Results append to ``--results`` (JSONL, one line per run, re-runs skip finished runs) and the
 table is written to ``--table`` (markdown) and printed.
 
