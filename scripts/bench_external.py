@@ -77,10 +77,15 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame, benefit: pd.Series, temperatu
     }
     out["ratio"] = out["auroc"] / out["bayes"]
     cols = [f"logit[{MONO}]", f"logit[{COMBO}]"]
-    if all(c in pred for c in cols):
+    cf = [f"counterfactual_probability[{MONO}]", f"counterfactual_probability[{COMBO}]"]
+    if all(c in pred for c in cf):  # immunoplex-predict: calibrated p under each arm
+        pm, pc = pred[cf[0]].to_numpy(float), pred[cf[1]].to_numpy(float)
+    elif all(c in pred for c in cols):
         pm = special.expit(pred[cols[0]].to_numpy(float) / temperature)
         pc = special.expit(pred[cols[1]].to_numpy(float) / temperature)
-        out["benefit_spearman"] = float(stats.spearmanr(pc - pm, benefit.loc[ids])[0])
+    else:
+        return out
+    out["benefit_spearman"] = float(stats.spearmanr(pc - pm, benefit.loc[ids])[0])
     return out
 
 
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     for model, g in df.groupby("model", sort=False):
 
         def ms(col: str, g: pd.DataFrame = g) -> str:
+            if col not in g or g[col].isna().all():
+                return "-"
             v = g[col].dropna().to_numpy(float)
             return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
 

@@ -168,6 +168,25 @@ PLANS: dict[str, Plan] = {
     ),
     ".venv/bin/python scripts/score_cells.py --cohort data/synthetic --out /tmp/cells_e4 "
     "--every 4": Plan(skip="scores a default-size cohort's cells against the truth (minutes)"),
+    ".venv/bin/python scripts/score_cells.py --cohort data/synthetic --out /tmp/h15_spill "
+    "--every 1 --workers 2": Plan(
+        skip="the cell stage over all 460 slides of the default cohort (~13 min on 2 cores)"
+    ),
+    ".venv/bin/python scripts/score_cells.py --cohort data/synthetic --out /tmp/h15_e4 "
+    "--every 4": Plan(skip="scores a default-size cohort's cells against the truth (minutes)"),
+    # docs/models.md: the benchmark runs on an independent, larger draw
+    "immunoplex-synth size=default seed=7 n_patients=1000 out_dir=/tmp/ext/cohort": Plan(
+        skip="a 1,000-patient draw: ~11 min and ~11 GB"
+    ),
+    "immunoplex-cells manifest=/tmp/ext/cohort/manifest.csv "
+    "out_dir=/tmp/ext/cohort/cell_stage workers=2 'outputs=[h5ad]'": Plan(
+        skip="the cell stage over 1,150 slides (~30 min on 2 cores)"
+    ),
+    ".venv/bin/python scripts/bench_external.py --cohort /tmp/ext/cohort --runs <bench runs> "
+    "--models cell_table cell_table_crossfit": Plan(
+        skip="reads the benchmark's trained runs and the 1,000-patient draw; "
+        "tests/scripts/test_bench_external.py covers its scoring"
+    ),
     # docs/models.md: what limits the feature model
     ".venv/bin/python scripts/feature_ceiling.py --run <bench runs>/cell_features/seed0": Plan(
         skip="reads a finished experiment=cell_features run on the default cohort (minutes)"
