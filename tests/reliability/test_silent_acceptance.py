@@ -477,3 +477,23 @@ def test_case_colliding_channels_name_both_files(tmp_path: Path) -> None:
     with pytest.raises(SlideReadError) as info:
         open_slide(folder)
     assert f"{folder}: CD8.tif and cd8.tif name the same channel" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    sorted(
+        p.stem
+        for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml")
+    ),
+)
+def test_every_shipped_experiment_passes_the_cli_checks(experiment: str) -> None:
+    """immunoplex-train validates the composed config before it runs: a shipped experiment (the
+    `make train` default among them) must pass it, as the in-process train() calls do."""
+    from hydra import compose, initialize_config_dir
+
+    from immunoplex.cli.checks import validate_train
+    from immunoplex.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    validate_train(cfg)

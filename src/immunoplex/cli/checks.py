@@ -189,7 +189,7 @@ def validate_train(cfg: Any) -> None:
     check_int(cfg, "seed")
     check_int(cfg, "trainer.max_epochs", 1, also=(-1,))
     check_int(cfg, "trainer.min_epochs", 0, nullable=True)
-    check_int(cfg, "data.bag_size", 1)
+    check_int(cfg, "data.bag_size", 1, nullable=True)  # null: every tile (experiment=cell_features)
     check_int(cfg, "data.batch_size", 1)
     check_int(cfg, "data.global_batch_size", 1, nullable=True)
     check_int(cfg, "data.num_workers", 0)
