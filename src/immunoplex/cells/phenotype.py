@@ -333,11 +333,11 @@ def assign_phenotypes(
     xy = table.obs[["x_um", "y_um"]].to_numpy(np.float64) if spill_on else np.empty((0, 2))
     n_spill: dict[str, int] = {}
     for m in scheme.markers():
-        v = transformed(table, scheme, m)
+        x = measured(table, scheme, m)
+        v = None if x is None else np.arcsinh(x / scheme.cofactor)  # as transformed()
         if v is not None and m in thr:
             pos[m] = v > thr[m]
             if spill_on:
-                x = measured(table, scheme, m)
                 assert x is not None
                 spill = spill_positives(xy, x, pos[m], scheme.spill_ratio, scheme.spill_radius_um)
                 n_spill[m] = int(spill.sum())
