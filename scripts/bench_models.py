@@ -89,16 +89,58 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame, benefit: pd.Series) -> dict:
     out["bayes_ece"] = float(np.asarray(ece(y, truth_p)).reshape(-1)[0])
     cols = [f"logit[{MONO}]", f"logit[{COMBO}]"]
     if all(c in pred for c in cols):
-        t = float(pred.attrs.get("temperature", 1.0))
-        pm = special.expit(pred[cols[0]].to_numpy(float) / t)
-        pc = special.expit(pred[cols[1]].to_numpy(float) / t)
+        # calibrated under each arm: sigmoid((logit - offset) / T), as calibrated_probability
+        t, b = float(pred.attrs.get("temperature", 1.0)), float(pred.attrs.get("offset", 0.0))
+        pm = special.expit((pred[cols[0]].to_numpy(float) - b) / t)
+        pc = special.expit((pred[cols[1]].to_numpy(float) - b) / t)
         out["benefit_spearman"] = float(
             stats.spearmanr(pc - pm, benefit.loc[ids].to_numpy(float))[0]
         )
     return out
 
 
-def run_model(model: str, seed: int, data: Path, runs: Path, extra: list[str]) -> dict:
+def recalibrate(run: Path, pred: pd.DataFrame, summary: dict) -> None:
+    """``--recalibrate``: refit a finished run's calibration with today's rule (configs/train.yaml
+    ``module.calibration``: prior shift, temperature test) from its held-out logits
+    (predictions_val.csv, or the cross-fit's out-of-fold logits), without retraining; the test
+    predictions' calibrated_probability and the attrs the benefit uses are replaced. The
+    checkpoint is not touched."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from immunoplex.evaluation.calibration import fit_calibration
+    from immunoplex.paths import config_dir
+    from immunoplex.training.checkpoint import load_checkpoint
+
+    def log_pos_weight(ckpt: Path) -> float:
+        return math.log(float(load_checkpoint(ckpt)["hyper_parameters"]["pos_weight"]))
+
+    rule = OmegaConf.load(config_dir() / "train.yaml").module.calibration
+    oof = run / "crossfit" / "oof_predictions.csv"
+    if oof.is_file():
+        held = pd.read_csv(oof, dtype={"patient_id": str})
+        if "crossfit_offset" not in held:  # written before the offset existed
+            held["crossfit_offset"] = [
+                log_pos_weight(run / "crossfit" / f"fold{k}" / "model.ckpt")
+                for k in held["crossfit_fold"]
+            ]
+        fit_offset = held["crossfit_offset"].to_numpy(float)
+    else:
+        held, fit_offset = pd.read_csv(run / "predictions_val.csv", dtype={"patient_id": str}), None
+    offset = log_pos_weight(run / "model.ckpt") if rule.undo_pos_weight else 0.0
+    if not rule.undo_pos_weight and fit_offset is not None:
+        fit_offset = np.zeros_like(fit_offset)
+    cal = fit_calibration(held["logit"].to_numpy(float), held["label"].to_numpy(float), alpha=None,
+                          offset=offset, fit_offset=fit_offset, temperature=rule.temperature,
+                          level=float(rule.level))  # fmt: skip
+    pred["calibrated_probability"] = cal.probabilities(pred["logit"].to_numpy(float))
+    pred.attrs["temperature"], pred.attrs["offset"] = cal.temperature, cal.offset
+
+
+def run_model(
+    model: str, seed: int, data: Path, runs: Path, extra: list[str], recal: bool = False
+) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -130,6 +172,9 @@ def run_model(model: str, seed: int, data: Path, runs: Path, extra: list[str]) -
         done.write_text(json.dumps({**summary, "wall_s": wall}, default=str))
     pred = pd.read_csv(out / "predictions_test.csv", dtype={"patient_id": str})
     pred.attrs["temperature"] = summary.get("temperature", 1.0)
+    pred.attrs["offset"] = (summary.get("calibration") or {}).get("offset", 0.0)
+    if recal:
+        recalibrate(out, pred, summary)
     best = Path(summary["best_checkpoint"]).name
     return {"wall_s": wall, "best": best, "run_dir": str(out), "pred": pred}
 
@@ -176,6 +221,9 @@ def logreg_baseline(run_dir: Path, data: Path, crossfit: bool = False) -> dict:
         c = (t == combo).astype(float)[:, None]
         return np.concatenate([z, z * c, c], axis=1)
 
+    # the training run's temperature rule; sklearn's fit is unweighted, so no prior shift
+    rule = dict((cfg.get("module") or {}).get("calibration") or {})
+    rule = {"temperature": rule.get("temperature", "test"), "level": rule.get("level", 0.05)}
     x, w, t, y, _ = frames["train"]
     clf = LogisticRegressionCV(Cs=12, cv=5, scoring="neg_log_loss", max_iter=5000)
     if crossfit:  # standardised on train as above; the pool is train + val
@@ -184,11 +232,11 @@ def logreg_baseline(run_dir: Path, data: Path, crossfit: bool = False) -> dict:
         folds = StratifiedKFold(5, shuffle=True, random_state=int(cfg["seed"]) + 2)
         oof = cross_val_predict(clf, xp, yp, cv=folds, method="decision_function")
         clf.fit(xp, yp)
-        cal = fit_calibration(oof, yp)
+        cal = fit_calibration(oof, yp, **rule)
     else:
         clf.fit(design(x, w, t), y.astype(int))
         val_logit = clf.decision_function(design(*frames["val"][:3]))
-        cal = fit_calibration(val_logit, frames["val"][3].astype(int))
+        cal = fit_calibration(val_logit, frames["val"][3].astype(int), **rule)
     logit = {"test": clf.decision_function(design(*frames["test"][:3]))}
     x, w, t, y, ids = frames["test"]
     pred = pd.DataFrame({"patient_id": ids, "label": y.astype(int), "logit": logit["test"]})
@@ -260,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", type=Path, default=None, help="markdown table output")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table")
     ap.add_argument("--task", choices=["binary", "survival"], default="binary")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="finished runs: refit the calibration with today's rule before scoring "
+                    "(no retraining; the checkpoints are untouched)")  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args(argv)
     data = args.data.resolve()
@@ -293,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.runs / LOGREG[model] / f"seed{seed}", data, model in CROSSFIT_LOGREG
                     )
                 else:
-                    res = run_model(model, seed, data, args.runs, list(args.overrides))
+                    res = run_model(model, seed, data, args.runs, list(args.overrides),
+                                    args.recalibrate)  # fmt: skip
                 row = {"model": model, "seed": seed, "wall_s": res["wall_s"], "best": res["best"]}
                 row.update(score(res.pop("pred"), truth, benefit))
                 row["ratio"] = row["auroc"] / row["bayes"]

@@ -1,4 +1,4 @@
-"""Temperature scaling and split-conformal prediction sets."""
+"""Prior-shift correction, temperature scaling and split-conformal prediction sets."""
 
 from __future__ import annotations
 
@@ -133,11 +133,78 @@ def test_serialisation_round_trip_is_json_safe() -> None:
     d = json.loads(json.dumps(cal.to_dict()))
     assert isinstance(d["temperature"], float)
     back = Calibration.from_dict(d)
-    assert back.temperature == cal.temperature
+    assert back.temperature == cal.temperature and back.offset == cal.offset
     assert back.predict_sets(logits) == cal.predict_sets(logits)
     assert cal.nll_after < cal.nll_before
     inf = ConformalPredictor(alpha=0.1).fit(np.array([0.9]), np.array([1]))
     d = json.loads(json.dumps(inf.to_dict()))
     assert d["thresholds"]["responder"] is None
     assert math.isinf(ConformalPredictor.from_dict(d).threshold)
-    assert Calibration.from_dict({"temperature": 2.0}).conformal is None
+    old = Calibration.from_dict({"temperature": 2.0})  # a checkpoint from before the offset
+    assert old.conformal is None and old.offset == 0.0
+    np.testing.assert_allclose(old.probabilities(np.array([1.0])), expit([0.5]))
+
+
+def test_pos_weight_shift_is_log_w_and_undoing_it_recalibrates() -> None:
+    """A logistic fit that weights positives by w moves its log-odds by log w (the theory
+    behind ``offset``): checked with sklearn, then undone by fit_calibration."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40000, 2))
+    y = (rng.random(len(x)) < expit(x @ [1.5, -1.0] - 0.4)).astype(int)
+    w = (y == 0).sum() / (y == 1).sum()  # module.pos_weight="auto"
+    plain = LogisticRegression(C=1e6).fit(x, y)
+    weighted = LogisticRegression(C=1e6).fit(x, y, sample_weight=np.where(y == 1, w, 1.0))
+    assert weighted.intercept_[0] - plain.intercept_[0] == pytest.approx(math.log(w), abs=0.05)
+    np.testing.assert_allclose(weighted.coef_, plain.coef_, rtol=0.05)
+
+    z = weighted.decision_function(x)
+    cal = fit_calibration(z, y, alpha=None, offset=math.log(w))
+    assert cal.offset == pytest.approx(math.log(w)) and cal.temperature == 1.0
+    p_cal = cal.probabilities(z)
+    assert abs(p_cal.mean() - y.mean()) < 0.01 < abs(expit(z).mean() - y.mean())
+    assert ece(y, p_cal)[0] < 0.5 * ece(y, expit(z))[0]
+    # a temperature alone cannot undo a shift: it softens instead
+    t_only = fit_calibration(z, y, alpha=None, temperature="fit")
+    assert ece(y, p_cal)[0] < ece(y, t_only.probabilities(z))[0]
+
+
+def test_temperature_test_keeps_t_only_when_the_data_reject_t_1() -> None:
+    logits, y = _logits(300, 5, scale=1.0)  # calibrated: the fitted T is noise
+    fitted = fit_calibration(logits, y, alpha=None, temperature="fit")
+    tested = fit_calibration(logits, y, alpha=None, temperature="test")
+    assert fitted.temperature == fitted.temperature_fitted != 1.0
+    assert tested.temperature == 1.0 and tested.temperature_fitted == fitted.temperature
+    assert tested.temperature_lr_statistic < 3.84  # chi2(1) at 95%
+    assert fit_calibration(logits, y, alpha=None, temperature="none").temperature == 1.0
+    sharp, y2 = _logits(300, 6, scale=3.0)  # overconfident by 3x: rejected at any usual level
+    cal = fit_calibration(sharp, y2, alpha=None, temperature="test")
+    assert cal.temperature == cal.temperature_fitted == pytest.approx(3.0, rel=0.3)
+    assert cal.temperature_lr_statistic > 20
+    # a lenient level keeps what a strict one drops
+    assert tested.temperature_lr_statistic > 1e-4  # > chi2(1) quantile at 0.001
+    lenient = fit_calibration(logits, y, alpha=None, level=0.999)
+    assert lenient.temperature == fitted.temperature
+    for bad, msg in (
+        ({"temperature": "always"}, "temperature='always'"),
+        ({"level": 1.5}, "level"),
+    ):
+        with pytest.raises(ConfigError, match=msg) as err:
+            fit_calibration(logits, y, **bad)
+        assert "\n" not in str(err.value)
+
+
+def test_per_row_fit_offsets_follow_the_labelled_rows() -> None:
+    """The cross-fit passes each fold model's own offset; unlabelled rows drop with theirs."""
+    logits, y = _logits(2000, 7, scale=1.0)
+    off = np.where(np.arange(2000) < 1000, 0.3, 0.5)
+    y_u = y.copy()
+    y_u[:50] = -1
+    cal = fit_calibration(logits + off, y_u, alpha=None, offset=0.4, fit_offset=off)
+    ref = fit_calibration(logits[50:], y[50:], alpha=None, offset=0.4, fit_offset=0.0)
+    assert cal.temperature_fitted == pytest.approx(ref.temperature_fitted, rel=1e-6)
+    assert cal.offset == 0.4 and cal.n_fit == 1950
+    np.testing.assert_allclose(cal.probabilities(np.array([0.4])), [0.5])
+    with pytest.raises(ConfigError, match="3 fit offsets but 2000 labels"):
+        fit_calibration(logits, y, fit_offset=np.zeros(3))

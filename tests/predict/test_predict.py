@@ -83,6 +83,9 @@ def test_manifest_predictions_match_training(
     ):
         assert col in csv.columns, col
     assert any(c.startswith("counterfactual_probability[") for c in csv.columns)
+    # the patient's own arm's counterfactual is its calibrated probability
+    own = [csv.loc[i, f"counterfactual_probability[{t}]"] for i, t in enumerate(csv["treatment"])]
+    np.testing.assert_allclose(own, csv["calibrated_probability"], atol=1e-6)
     js = json.loads((out / "predictions.json").read_text())
     assert js["calibrated"] and len(js["patients"]) == 4
     assert js["patients"][0]["markers_used"] == [

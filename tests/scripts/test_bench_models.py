@@ -75,3 +75,49 @@ def test_readme_model_table_is_the_benchmark_docs_table() -> None:
         return m.group(1)
 
     assert block(root / "README.md") == block(root / "docs" / "models.md")
+
+
+def _fake_ckpt(path: Path, pos_weight: float) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"pos_weight": pos_weight},
+                "immunoplex": {"model": {"_target_": "immunoplex.models.response_model.ResponseModel"}}},
+               path)  # fmt: skip
+
+
+@pytest.mark.parametrize("crossfit", [False, True])
+def test_recalibrate_refits_todays_rule_from_the_held_out_logits(
+    bench, tmp_path: Path, crossfit: bool
+) -> None:
+    """--recalibrate: the prior shift log(pos_weight) comes off and the temperature is tested,
+    from predictions_val.csv or (cross-fit) the out-of-fold logits with each fold's own shift."""
+    from scipy.special import expit
+
+    from immunoplex.evaluation.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, 400)
+    y = (rng.random(400) < expit(z)).astype(int)
+    w = 1.5
+    _fake_ckpt(tmp_path / "model.ckpt", w)
+    held = pd.DataFrame({"patient_id": [f"P{i}" for i in range(400)], "label": y,
+                         "logit": z + np.log(w)})  # fmt: skip
+    if crossfit:  # old out-of-fold files have no crossfit_offset column: read the folds' ckpts
+        held["crossfit_fold"] = np.arange(400) % 2
+        for k, wk in ((0, 1.4), (1, 1.6)):
+            _fake_ckpt(tmp_path / "crossfit" / f"fold{k}" / "model.ckpt", wk)
+        held["logit"] = z + np.log(np.where(held["crossfit_fold"] == 0, 1.4, 1.6))
+        (tmp_path / "crossfit").mkdir(exist_ok=True)
+        held.to_csv(tmp_path / "crossfit" / "oof_predictions.csv", index=False)
+    else:
+        held.to_csv(tmp_path / "predictions_val.csv", index=False)
+    pred = pd.DataFrame({"patient_id": ["A", "B"], "label": [1, 0], "logit": [np.log(w), 0.0],
+                         "calibrated_probability": [0.9, 0.9]})  # fmt: skip
+    bench.recalibrate(tmp_path, pred, {})
+    assert pred.attrs["offset"] == pytest.approx(np.log(w))
+    fo = None if not crossfit else np.log(np.where(held["crossfit_fold"] == 0, 1.4, 1.6))
+    want = fit_calibration(held["logit"], y, alpha=None, offset=np.log(w), fit_offset=fo)
+    assert pred.attrs["temperature"] == pytest.approx(want.temperature)
+    assert want.temperature == 1.0  # these logits are calibrated once the shift is off
+    np.testing.assert_allclose(pred["calibrated_probability"], [0.5, expit(-np.log(w))])

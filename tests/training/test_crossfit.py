@@ -45,10 +45,24 @@ def test_crossfit_calibrates_out_of_fold_and_fits_on_train_and_val(
     assert not set(oof["patient_id"]) & test_ids  # no test patient is fitted or calibrated on
     assert set(tr_val["patient_id"]) <= set(oof["patient_id"])
     assert oof["patient_id"].is_unique and sorted(oof["crossfit_fold"].unique()) == [0, 1, 2]
+    # each out-of-fold logit carries its fold model's prior shift: log(n_neg / n_pos) of the
+    # pooled patients outside that fold (module.pos_weight=auto); the final fit's is all of them
+    y = oof["label"].to_numpy()
+    for fold, g in oof.groupby("crossfit_fold"):
+        rest = y[(oof["crossfit_fold"] != fold).to_numpy()]
+        assert g["crossfit_offset"].unique() == pytest.approx(
+            [np.log((rest == 0).sum() / rest.sum())]
+        )
+    offset = float(np.log((y == 0).sum() / y.sum()))
+    assert summary["calibration"]["offset"] == pytest.approx(offset, rel=1e-5)
     # the final checkpoint carries the calibration fitted on the out-of-fold logits
-    want = fit_calibration(oof["logit"].to_numpy(), oof["label"].to_numpy(), alpha=0.1)
+    want = fit_calibration(
+        oof["logit"].to_numpy(), y, alpha=0.1, offset=offset,
+        fit_offset=oof["crossfit_offset"].to_numpy(), temperature="test",
+    )  # fmt: skip
     ckpt = load_checkpoint(Path(summary["checkpoint"]))
     assert ckpt["immunoplex"]["calibration"]["temperature"] == pytest.approx(want.temperature)
+    assert ckpt["immunoplex"]["calibration"]["offset"] == pytest.approx(offset, rel=1e-5)
     assert summary["temperature"] == pytest.approx(want.temperature)
     test = pd.read_csv(out / "predictions_test.csv")
     np.testing.assert_allclose(
@@ -64,3 +78,17 @@ def test_crossfit_refuses_best_checkpoint_selection(tiny_cohort: Path, tmp_path:
     with pytest.raises(ConfigError, match="select_checkpoint=last") as err:
         train(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("k", [1, -2, "3"])
+def test_crossfit_folds_must_be_0_or_at_least_2(k: object) -> None:
+    """crossfit_folds=1 used to mean "off" without a word."""
+    from omegaconf import OmegaConf
+
+    from immunoplex.cli.checks import validate_train
+
+    cfg = OmegaConf.create({"data": {"split": {"crossfit_folds": k}}})
+    with pytest.raises(ConfigError, match="data.split.crossfit_folds: must be an integer >= 2"):
+        validate_train(cfg)
+    for ok in (0, None, 2, 5):
+        validate_train(OmegaConf.create({"data": {"split": {"crossfit_folds": ok}}}))

@@ -202,6 +202,8 @@ def validate_train(cfg: Any) -> None:
     check_int(cfg, "data.split.n_inner_folds", 2)
     check_int(cfg, "data.split.fold", 0)
     check_int(cfg, "data.split.inner_fold", 0)
+    # 0 / null: no cross-fitting; 1 would silently be none
+    check_int(cfg, "data.split.crossfit_folds", 2, nullable=True, also=(0,))
     check_number(cfg, "data.split.val_fraction", 0, 1, low_open=True, high_open=True)
     mode = _get(cfg, "data.split.mode")
     if mode in ("kfold", "nested"):
@@ -211,6 +213,8 @@ def validate_train(cfg: Any) -> None:
     check_number(cfg, "module.pos_weight", 0, low_open=True, nullable=True, words=("auto",))
     check_number(cfg, "module.threshold", 0, 1)
     check_number(cfg, "module.conformal_alpha", 0, 1, low_open=True, high_open=True)
+    check_choice(cfg, "module.calibration.temperature", ("test", "fit", "none"))
+    check_number(cfg, "module.calibration.level", 0, 1, low_open=True, high_open=True)
     check_resume_checkpoint(cfg)
     shard, num = _get(cfg, "embed.shard"), _get(cfg, "embed.num_shards")
     if shard is not _ABSENT:

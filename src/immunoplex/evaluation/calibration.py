@@ -1,7 +1,16 @@
-"""Post-hoc calibration: temperature scaling and split-conformal prediction sets.
+"""Post-hoc calibration: prior-shift correction, temperature scaling, split-conformal sets.
 
-Both are fitted on held-out (validation) patients and stored in the checkpoint as plain JSON-safe
-dicts (``Calibration.to_dict()``), so prediction never needs the validation data again.
+All three are fitted on (or, for the prior shift, known before) held-out patients and stored in
+the checkpoint as plain JSON-safe dicts (``Calibration.to_dict()``), so prediction never needs
+the validation data again. A calibrated logit is ``(logit - offset) / temperature``:
+
+- ``offset``: a loss that weights positives by ``w`` (``module.pos_weight``, "auto" =
+  n_negative / n_positive) moves the fitted log-odds by ``log w``; subtracting it gives back
+  probabilities for the training prevalence. Known from the loss, not fitted.
+- ``temperature``: fitted on the held-out logits (NLL). With ``temperature="test"`` it is kept
+  only when a likelihood-ratio test rejects T = 1 at ``level``: on 56-276 held-out patients a
+  fitted T of 1.1-1.7 is mostly noise, and (docs/models.md, "Calibration") applying it made the
+  feature models worse calibrated on new patients.
 
 Binary convention: a logit (or probability) is for the *responder* class (label 1). A 2-D array
 ``(N, K)`` of logits is treated as multi-class and softmaxed (temperature scaling only).
@@ -17,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
+from scipy.stats import chi2
 
 from immunoplex.errors import ConfigError
 
@@ -28,6 +38,7 @@ SET_LABELS: tuple[str, ...] = (RESPONDER, NON_RESPONDER, BOTH, EMPTY)
 
 # log T is searched in [log 1e-2, log 1e2]: T outside that range means the model is broken.
 _LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
+TEMPERATURE_MODES = ("test", "fit", "none")
 
 
 def _labelled(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,37 +255,50 @@ def conformal_summary(sets: Sequence[str], labels: np.ndarray) -> dict[str, Any]
 
 @dataclass
 class Calibration:
-    """What the trainer stores in the checkpoint: a temperature and an optional conformal set."""
+    """What the trainer stores in the checkpoint: the prior shift, a temperature and an optional
+    conformal set. Calibrated p(responder) = sigmoid((logit - offset) / temperature)."""
 
     temperature: float = 1.0
     conformal: ConformalPredictor | None = None
     n_fit: int = 0
     nll_before: float | None = None
     nll_after: float | None = None
+    offset: float = 0.0
+    temperature_fitted: float | None = None  # the NLL optimum, kept or not
+    temperature_lr_statistic: float | None = None  # 2 n (NLL(T=1) - NLL(T fitted)), chi2(1)
+
+    def logits(self, logits: np.ndarray) -> np.ndarray:
+        """Prior-corrected logits (the temperature is not applied)."""
+        return np.asarray(logits, dtype=np.float64) - float(self.offset)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated p(responder) for 1-D logits."""
-        return apply_temperature(logits, self.temperature)
+        return apply_temperature(self.logits(logits), self.temperature)
 
     def predict_sets(self, logits: np.ndarray) -> list[str]:
-        """Conformal sets from logits (temperature applied first); needs ``conformal``."""
+        """Conformal sets from logits (offset and temperature applied first); needs
+        ``conformal``."""
         if self.conformal is None:
             raise ConfigError("calibration: no conformal predictor was fitted")
         return self.conformal.predict_sets(self.probabilities(logits))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict: ``{"temperature": T, "conformal": {...} | None, ...}``."""
+        """JSON-safe dict: ``{"temperature": T, "offset": b, "conformal": {...} | None, ...}``."""
         return {
             "temperature": float(self.temperature),
+            "offset": float(self.offset),
             "conformal": None if self.conformal is None else self.conformal.to_dict(),
             "n_fit": int(self.n_fit),
             "nll_before": self.nll_before,
             "nll_after": self.nll_after,
+            "temperature_fitted": self.temperature_fitted,
+            "temperature_lr_statistic": self.temperature_lr_statistic,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        """Inverse of ``to_dict``; missing keys take their defaults."""
+        """Inverse of ``to_dict``; missing keys take their defaults (a checkpoint written before
+        the offset existed has none: 0)."""
         conf = d.get("conformal")
         return cls(
             temperature=float(d.get("temperature", 1.0)),
@@ -282,6 +306,9 @@ class Calibration:
             n_fit=int(d.get("n_fit", 0)),
             nll_before=d.get("nll_before"),
             nll_after=d.get("nll_after"),
+            offset=float(d.get("offset", 0.0)),
+            temperature_fitted=d.get("temperature_fitted"),
+            temperature_lr_statistic=d.get("temperature_lr_statistic"),
         )
 
 
@@ -290,16 +317,50 @@ def fit_calibration(
     labels: np.ndarray,
     alpha: float | None = 0.1,
     class_conditional: bool = False,
+    *,
+    offset: float = 0.0,
+    fit_offset: float | np.ndarray | None = None,
+    temperature: str = "test",
+    level: float = 0.05,
 ) -> Calibration:
-    """Fit temperature scaling, then (if ``alpha``) conformal sets on the calibrated probabilities.
+    """Fit the temperature, then (if ``alpha``) conformal sets on the calibrated probabilities.
 
-    Both use the same validation patients; temperature is a single monotone parameter, so the
-    conformal guarantee is practically unaffected (use disjoint subsets when n is very small).
+    ``offset``: the prior shift of the model being calibrated (log pos_weight), subtracted from
+    every logit it predicts. ``fit_offset``: that of the models that made ``logits`` (scalar or
+    one per row; the cross-fit's fold models), ``offset`` when None.
+    ``temperature``: "fit" keeps the NLL optimum; "test" keeps it only when the likelihood-ratio
+    statistic 2 n (NLL(1) - NLL(T)) exceeds the chi2(1) quantile at 1 - ``level``, else T = 1;
+    "none" keeps T = 1 (its optimum is still recorded).
+    Temperature and conformal sets use the same patients; T is a single monotone parameter, so
+    the conformal guarantee is practically unaffected (use disjoint subsets when n is very small).
     """
-    x, y = _labelled(logits, labels)
-    if x.ndim != 1:
+    if temperature not in TEMPERATURE_MODES:
+        raise ConfigError(
+            f"calibration: temperature={temperature!r}: use one of {', '.join(TEMPERATURE_MODES)}"
+        )
+    if not 0 < level < 1:
+        raise ConfigError(f"calibration: level must be in (0, 1), got {level}")
+    shift = np.asarray(offset if fit_offset is None else fit_offset, dtype=np.float64)
+    if not np.all(np.isfinite(shift)):
+        raise ConfigError("calibration: offset must be finite")
+    raw, y = _labelled(logits, labels)
+    if raw.ndim != 1:
         raise ConfigError("calibration: fit_calibration expects 1-D binary logits")
-    t = fit_temperature(x, y)
+    if shift.ndim:  # one per row: drop the unlabelled rows as _labelled did
+        lab = np.asarray(labels, dtype=np.float64).reshape(-1)
+        if shift.shape != lab.shape:
+            raise ConfigError(
+                f"calibration: {shift.size} fit offsets but {lab.size} labels (must match)"
+            )
+        shift = shift[np.isfinite(lab) & (lab >= 0)]
+    x = raw - shift
+    t_opt = fit_temperature(x, y)
+    at_one, at_opt = _nll(x, y, 1.0), _nll(x, y, t_opt)
+    stat = max(0.0, 2.0 * y.size * (at_one - at_opt))
+    keep = temperature == "fit" or (
+        temperature == "test" and stat > float(chi2.ppf(1.0 - level, df=1))
+    )
+    t = t_opt if keep else 1.0
     conf = None
     if alpha is not None:
         conf = ConformalPredictor(alpha=alpha, class_conditional=class_conditional)
@@ -308,6 +369,9 @@ def fit_calibration(
         temperature=t,
         conformal=conf,
         n_fit=int(y.size),
-        nll_before=_nll(x, y, 1.0),
+        nll_before=_nll(raw, y, 1.0),  # the raw logits'
         nll_after=_nll(x, y, t),
+        offset=float(offset),
+        temperature_fitted=float(t_opt),
+        temperature_lr_statistic=float(stat),
     )

@@ -326,9 +326,15 @@ def _result_row(
         "genes_filled": bool(report.filled) if report is not None else None,
         "skipped_slides": errors,
     }
-    if cf is not None:
-        for name, v in zip(pred.treatments, cf, strict=True):
-            row[f"counterfactual_probability[{name}]"] = float(1.0 / (1.0 + math.exp(-v)))
+    if cf is not None:  # calibrated as calibrated_probability is, when the checkpoint has one
+        cf_logits = np.asarray(cf, dtype=np.float64)
+        cf_p = (
+            pred.calibration.probabilities(cf_logits)
+            if pred.calibration is not None
+            else 1.0 / (1.0 + np.exp(-cf_logits))
+        )
+        for name, v in zip(pred.treatments, cf_p, strict=True):
+            row[f"counterfactual_probability[{name}]"] = float(v)
     return row
 
 

@@ -8,7 +8,9 @@ last epoch (the feature models) needs validation only for the temperature. With
 1. trains K models, each on K-1 of K stratified folds of the training + validation patients,
    and predicts the fold it left out (``crossfit/fold<k>/``): an out-of-fold logit for every
    one of those patients;
-2. fits the calibration (temperature, conformal sets) on those out-of-fold logits;
+2. fits the calibration (temperature, conformal sets) on those out-of-fold logits, each less
+   its fold model's prior shift (``crossfit_offset``, log pos_weight; see
+   :mod:`immunoplex.evaluation.calibration`);
 3. trains the final model on all training + validation patients (no validation step), gives it
    that calibration, and scores the test patients once, as a plain run does.
 
@@ -77,9 +79,11 @@ def train_crossfit(cfg: DictConfig, train_one: Any) -> dict[str, Any]:
     for fold in range(k):
         d = out / "crossfit" / f"fold{fold}"
         log.info("cross-fit: fold %d of %d -> %s", fold + 1, k, d)
-        train_one(_fold_config(cfg, fold, d))
+        fold_summary = train_one(_fold_config(cfg, fold, d))
         pred = read_table(d / "predictions_val.csv", "out-of-fold predictions")
-        oof.append(pred.assign(crossfit_fold=fold))
+        # the fold model's own prior shift (log pos_weight of its training patients)
+        offset = float((fold_summary.get("calibration") or {}).get("offset", 0.0))
+        oof.append(pred.assign(crossfit_fold=fold, crossfit_offset=offset))
     table = pd.concat(oof, ignore_index=True)
     if table["patient_id"].duplicated().any():  # each pooled patient is left out exactly once
         raise RuntimeError("cross-fit: a patient was predicted out of fold twice")
@@ -89,7 +93,11 @@ def train_crossfit(cfg: DictConfig, train_one: Any) -> dict[str, Any]:
     log.info("cross-fit: final fit on all %d pooled patients", len(table))
     summary = train_one(
         _fold_config(cfg, -1, out),
-        calibration_data=(table["logit"].to_numpy(float), table["label"].to_numpy(int)),
+        calibration_data=(
+            table["logit"].to_numpy(float),
+            table["label"].to_numpy(int),
+            table["crossfit_offset"].to_numpy(float),
+        ),
     )
     summary["crossfit"] = {"folds": k, "n_out_of_fold": len(table)}
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -117,17 +118,30 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
     return dm, module, trainer
 
 
+def calibration_settings(cfg: DictConfig, module: ResponseModule) -> dict[str, Any]:
+    """``fit_calibration``'s keywords from ``module.calibration`` (configs/train.yaml): the
+    prior shift log(pos_weight) of this model's loss (``undo_pos_weight``), the temperature
+    rule and its test level."""
+    c = cfg.module.get("calibration") or {}
+    undo = bool(c.get("undo_pos_weight", True))
+    return {
+        "offset": math.log(float(module.pos_weight)) if undo else 0.0,
+        "temperature": str(c.get("temperature", "test")),
+        "level": float(c.get("level", 0.05)),
+    }
+
+
 def finalize(
     dm: ResponseDataModule,
     module: ResponseModule,
     best: Path,
     out_dir: Path,
     cfg: DictConfig,
-    calibration_data: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_data: tuple[np.ndarray, ...] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate on validation patients (or on ``calibration_data``, (logits, labels) from
-    elsewhere: the cross-fit's out-of-fold logits), predict the test patients, write the
-    summary."""
+    """Calibrate on validation patients (or on ``calibration_data``, (logits, labels[, the log
+    pos_weight of the models that made each logit]) from elsewhere: the cross-fit's out-of-fold
+    logits), predict the test patients, write the summary."""
     ckpt = load_checkpoint(best)
     module.load_state_dict(ckpt["state_dict"])
     device = module.device
@@ -153,12 +167,15 @@ def finalize(
     alpha = cfg.module.get("conformal_alpha", 0.1)
     calib = None
     if calibration_data is not None or ("val" in frames and "logit" in frames["val"]):
-        logits, labels = (
-            calibration_data
-            if calibration_data is not None
-            else (frames["val"]["logit"].to_numpy(), frames["val"]["label"].to_numpy())
+        if calibration_data is not None:  # (logits, labels[, the models' log pos_weight])
+            logits, labels, *rest = calibration_data
+            fit_offset = rest[0] if rest else None
+        else:
+            logits, labels = frames["val"]["logit"].to_numpy(), frames["val"]["label"].to_numpy()
+            fit_offset = None
+        calib = fit_calibration(
+            logits, labels, alpha=alpha, fit_offset=fit_offset, **calibration_settings(cfg, module)
         )
-        calib = fit_calibration(logits, labels, alpha=alpha)
         module.calibration = calib.to_dict()
         set_calibration(ckpt, calib.to_dict())
         atomic_save(ckpt, best)
@@ -195,13 +212,14 @@ def finalize(
             summary[f"{stage}_bayes_auroc"] = bayes_optimal_auroc(Path(truth), df)
     if calib is not None:
         summary["temperature"] = calib.temperature
+        summary["calibration"] = {k: v for k, v in calib.to_dict().items() if k != "conformal"}
     summary.update(surv)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
 def train(
-    cfg: DictConfig, calibration_data: tuple[np.ndarray, np.ndarray] | None = None
+    cfg: DictConfig, calibration_data: tuple[np.ndarray, ...] | None = None
 ) -> dict[str, Any]:
     """Train, pick the best (or last) checkpoint, calibrate on validation, score the test split.
 
