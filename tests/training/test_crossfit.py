@@ -92,3 +92,21 @@ def test_crossfit_folds_must_be_0_or_at_least_2(k: object) -> None:
         validate_train(cfg)
     for ok in (0, None, 2, 5):
         validate_train(OmegaConf.create({"data": {"split": {"crossfit_folds": ok}}}))
+
+
+def test_training_summary_says_which_temperature_was_kept() -> None:
+    from immunoplex.cli.train import format_summary
+
+    base = {"n_patients": {"train": 276, "val": 0, "test": 92}, "test_auroc": 0.88}
+    kept = format_summary({**base, "temperature": 0.233, "calibration": {
+        "temperature_fitted": 0.233, "temperature_lr_statistic": 41.0, "offset": 0.32}})  # fmt: skip
+    assert "temperature (fitted on val):   0.233\n" in kept + "\n"
+    assert "prior-shift offset (log pos_weight): 0.320" in kept
+    dropped = format_summary({**base, "temperature": 1.0, "crossfit": {"folds": 5},
+                              "calibration": {"temperature_fitted": 1.23,
+                                              "temperature_lr_statistic": 2.91, "offset": 0.0}})  # fmt: skip
+    assert (
+        "temperature (fitted out of fold):   1.000 (fitted 1.230 not kept: LR statistic 2.91"
+        in dropped
+    )
+    assert "prior-shift" not in dropped

@@ -27,8 +27,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("test_bayes_auroc") is not None:
         lines.append(f"Bayes-optimal AUROC (same patients): {fmt(summary.get('test_bayes_auroc'))}")
     lines.append(f"validation AUROC:              {fmt(summary.get('val_auroc'))}")
+    cal = summary.get("calibration") or {}
     if summary.get("temperature") is not None:
-        lines.append(f"temperature (fitted on val):   {summary['temperature']:.3f}")
+        where = "out of fold" if summary.get("crossfit") else "on val"
+        t, t_fit = summary["temperature"], cal.get("temperature_fitted")
+        line = f"temperature (fitted {where}):   {t:.3f}"
+        if t_fit is not None and t == 1.0 and abs(t_fit - 1.0) > 1e-9:
+            stat = cal.get("temperature_lr_statistic")
+            line += f" (fitted {t_fit:.3f} not kept: LR statistic {stat:.2f}, T = 1 not rejected)"
+        lines.append(line)
+    if cal.get("offset"):
+        lines.append(f"prior-shift offset (log pos_weight): {cal['offset']:.3f}")
     if summary.get("skipped_slides"):
         lines.append(f"skipped slides: {len(summary['skipped_slides'])} (see the log)")
     lines += [
