@@ -34,7 +34,7 @@ from scipy import special, stats
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_models import COMBO, MONO, true_benefit  # noqa: E402
+from bench_models import COMBO, MONO, mean_sd, true_benefit  # noqa: E402
 
 
 def ece_floor(p: np.ndarray, draws: int = 200, seed: int = 0) -> tuple[float, float, float]:
@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for model, g in df.groupby("model", sort=False):
 
         def ms(col: str, g: pd.DataFrame = g) -> str:
-            if col not in g or g[col].isna().all():
-                return "-"
-            v = g[col].dropna().to_numpy(float)
-            return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+            return mean_sd(g, col)
 
         lines.append(
             f"| {model} | {','.join(map(str, g['seed']))} | {int(g['n'].iloc[0])} | {ms('auroc')} "

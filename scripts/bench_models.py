@@ -268,6 +268,15 @@ def survival_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mean_sd(g: pd.DataFrame, col: str, fmt: str = "{:.3f}") -> str:
+    """``mean ± sd`` (sample sd; 0 for one run) of a column over a row's runs, ``-`` if none."""
+    if col not in g or g[col].isna().all():
+        return "-"
+    v = g[col].dropna().to_numpy(float)
+    sd = v.std(ddof=1) if len(v) > 1 else 0.0
+    return f"{fmt.format(v.mean())} ± {fmt.format(sd)}"
+
+
 def table(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
     lines = [
@@ -279,11 +288,7 @@ def table(rows: list[dict]) -> str:
     for model, g in df.groupby("model", sort=False):
 
         def ms(col: str, fmt: str = "{:.3f}", g: pd.DataFrame = g) -> str:
-            if col not in g or g[col].isna().all():
-                return "-"
-            v = g[col].dropna().to_numpy(float)
-            sd = v.std(ddof=1) if len(v) > 1 else 0.0
-            return f"{fmt.format(v.mean())} ± {fmt.format(sd)}"
+            return mean_sd(g, col, fmt)
 
         seeds = ",".join(str(s) for s in g["seed"])
         lines.append(
