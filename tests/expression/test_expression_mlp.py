@@ -31,3 +31,21 @@ def test_mlp_fits_signal_and_uses_training_statistics_only() -> None:
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y[60:], prob) > 0.8
+
+
+def test_default_network_is_the_mlp_over_every_gene() -> None:
+    """The LOCO "mlp" method stays an MLP although the shipped expression_only config now scores
+    gene sets; an explicit config is taken as it is."""
+    from immunoplex.expression.mlp import build_expression_only_model
+    from immunoplex.models.expression import ExpressionEncoder
+    from immunoplex.models.feature_extract import GeneSetScores
+    from immunoplex.paths import config_dir
+
+    genes = ["CD8A", "STAB1", "CD163", "DKK1", "EPCAM", "PECAM1", "COL1A1", "IFNG"]
+    model = build_expression_only_model(len(genes), genes, None)
+    assert isinstance(model.expression_encoder, ExpressionEncoder)
+    assert model.expression_encoder.n_genes == len(genes)
+    shipped = build_expression_only_model(
+        len(genes), genes, str(config_dir() / "model" / "expression_only.yaml")
+    )
+    assert isinstance(shipped.expression_encoder, GeneSetScores)

@@ -210,3 +210,17 @@ def test_table_features_are_inputs_named_and_learned() -> None:
     assert torch.allclose(out["feature_contributions"][no_row][:, -2:], torch.zeros(1))
     with pytest.raises(ConfigError, match="patient-table features"):
         model({k: v for k, v in test.items() if k != "features"})
+
+
+def test_gene_set_scores_refuse_inputs_with_no_set_gene() -> None:
+    """Every score 0 for every patient would be a silent no-op modality (the deep models' default
+    expression encoder meeting expression_norm=features, whose inputs are feature names)."""
+    feats = ["sig:IFNG6", "pair:PDCD1>CD274", "rank:CXCL9"]
+    with pytest.raises(ConfigError, match="none of the 1 gene sets has a gene among the 3") as e:
+        GeneSetScores(3, feats, {"t": ["CD8A"]})
+    assert "model/expression_encoder=mlp" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="none of the 1 gene sets") as e:
+        GeneSetScores(2, ["FOO", "BAR"], {"t": ["CD8A"]})
+    assert "expression_norm=features" not in str(e.value)
+    ok = GeneSetScores(2, ["CD8A", "BAR"], {"t": ["CD8A"], "absent": ["X"]})  # one set is enough
+    assert ok(torch.tensor([[2.0, 5.0]])).tolist() == [[2.0, 0.0]]

@@ -21,12 +21,13 @@ from tests.predict.conftest import opts, sub_manifest, train_checkpoint
 
 @pytest.fixture(scope="module")
 def feature_ckpt(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default image + expression model, 2 epochs, expression as within-sample features."""
+    """The default image + expression model with its MLP expression encoder (the gene-set scores
+    read genes, not features), 2 epochs, expression as within-sample features."""
     return train_checkpoint(
         tiny_cohort,
         tmp_path_factory.mktemp("run_features"),
         epochs=2,
-        extra=["expression_norm=features"],
+        extra=["expression_norm=features", "model/expression_encoder=mlp"],
     )
 
 

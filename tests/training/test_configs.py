@@ -14,7 +14,8 @@ from immunoplex.paths import config_dir
 
 CONFIGS = config_dir()
 # cfg.model of `train model=NAME` for every model config, written from the configs before they
-# were rebuilt from the model/{encoder,aggregator,expression_encoder,fusion} groups.
+# were rebuilt from the model/{encoder,aggregator,expression_encoder,fusion} groups; since
+# 2026-12-01 (issue 16) the multimodal family's expression_encoder is gene_set_scores.
 MODEL_SNAPSHOT = Path(__file__).parent / "data" / "model_configs.json"
 
 
@@ -63,7 +64,15 @@ def test_model_components_override_on_the_command_line() -> None:
     assert m["fusion"] == SNAPSHOT["multimodal"]["fusion"]
     assert m["aggregator"] == SNAPSHOT["transformer_mil"]["aggregator"]
     m = _model(["model=snn_expression", "model/expression_encoder=mlp"])
-    assert m["expression_encoder"] == SNAPSHOT["multimodal"]["expression_encoder"]
+    assert m["expression_encoder"] == MLP
+    # the deep models' expression input is the 8 fixed gene-set scores (the MLP memorised)
+    assert SNAPSHOT["multimodal"]["expression_encoder"]["_target_"].endswith("GeneSetScores")
+    assert _model(["model=multimodal", "model/expression_encoder=mlp"])["expression_encoder"] == MLP
+
+
+# The expression MLP, the multimodal models' expression encoder before the gene-set scores.
+MLP = {"_target_": "immunoplex.models.expression.ExpressionEncoder", "_partial_": True,
+       "hidden_dims": [128], "out_dim": 64, "dropout": 0.3, "norm": "layer", "gene_sets": None}  # fmt: skip
 
 
 # ---- every shipped YAML: composed through the entry point that uses it, then instantiated ----

@@ -106,7 +106,7 @@ def test_training_summary_says_which_temperature_was_kept() -> None:
                               "calibration": {"temperature_fitted": 1.23,
                                               "temperature_lr_statistic": 2.91, "offset": 0.0}})  # fmt: skip
     assert (
-        "temperature (fitted out of fold):   1.000 (fitted 1.230 not kept: LR statistic 2.91"
-        in dropped
+        "temperature:                   1.000 (fitted out of fold 1.230, not kept: likelihood "
+        "ratio 2.91, T = 1 not rejected)" in dropped
     )
     assert "prior-shift" not in dropped

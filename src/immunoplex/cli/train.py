@@ -31,11 +31,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("temperature") is not None:
         where = "out of fold" if summary.get("crossfit") else "on val"
         t, t_fit = summary["temperature"], cal.get("temperature_fitted")
-        line = f"temperature (fitted {where}):   {t:.3f}"
         if t_fit is not None and t == 1.0 and abs(t_fit - 1.0) > 1e-9:
             stat = cal.get("temperature_lr_statistic")
-            line += f" (fitted {t_fit:.3f} not kept: LR statistic {stat:.2f}, T = 1 not rejected)"
-        lines.append(line)
+            lines.append(
+                f"temperature:                   1.000 (fitted {where} {t_fit:.3f}, not kept: "
+                f"likelihood ratio {stat:.2f}, T = 1 not rejected)"
+            )
+        else:
+            lines.append(f"temperature (fitted {where}):   {t:.3f}")
     if cal.get("offset"):
         lines.append(f"prior-shift offset (log pos_weight): {cal['offset']:.3f}")
     if summary.get("skipped_slides"):

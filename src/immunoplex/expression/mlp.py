@@ -2,7 +2,10 @@
 
 The network is the project's :class:`~immunoplex.models.response_model.ResponseModel` with only
 the expression modality, built from ``configs/model/expression_only.yaml`` when that config exists
-(the same config the Lightning trainer uses) and from ResponseModel defaults otherwise; treatment
+(the same config the Lightning trainer uses, with its expression encoder set to the MLP over
+every gene, ``model/expression_encoder=mlp``: this is the "mlp" method of the ICB
+leave-one-cohort-out table, while the shipped config now uses gene-set scores) and from
+ResponseModel defaults otherwise; treatment
 conditioning is switched off because a held-out cohort may carry a treatment never seen in
 training. A few seeds are averaged (a small, cheap ensemble reduces variance on ~200 samples).
 The normaliser is fitted on the training cohorts only, exactly like the elastic-net path.
@@ -42,7 +45,11 @@ def _default_model_config() -> Path | None:
     return path if path.is_file() else None
 
 
-def _compose_model_config(path: Path) -> Any:
+#: composed into the default config: the MLP over every gene (the shipped default is gene sets)
+DEFAULT_OVERRIDES = ("model/expression_encoder=mlp",)
+
+
+def _compose_model_config(path: Path, overrides: Sequence[str] = ()) -> Any:
     """``configs/model/<name>.yaml`` with a defaults list: ``cfg.model`` of ``train model=name``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -55,11 +62,12 @@ def _compose_model_config(path: Path) -> Any:
     if GlobalHydra.instance().is_initialized():
         raise ConfigError(f"{path}: cannot compose a model config inside a running Hydra app")
     with initialize_config_dir(config_dir=str(root), version_base="1.3"):
-        return compose("train", overrides=[f"model={path.stem}"]).model
+        return compose("train", overrides=[f"model={path.stem}", *overrides]).model
 
 
-def load_model_config(path: str | Path) -> dict[str, Any]:
-    """A model config file as plain data (its own ``${...}`` resolved); not yet checked."""
+def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A model config file as plain data (its own ``${...}`` resolved); not yet checked.
+    ``overrides``: Hydra overrides for a config with a defaults list."""
     from omegaconf import OmegaConf
 
     path = Path(path)
@@ -71,7 +79,7 @@ def load_model_config(path: str | Path) -> dict[str, Any]:
     if not OmegaConf.is_dict(cfg):
         raise ConfigError(f"{path}: a model config must be a mapping")
     if "defaults" in cfg:
-        cfg = _compose_model_config(path)
+        cfg = _compose_model_config(path, overrides)
     elif "_target_" not in cfg and "model" in cfg:
         cfg = cfg.model
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -101,7 +109,7 @@ def build_expression_only_model(n_genes: int, gene_names: Sequence[str], config:
     path = Path(config) if config else _default_model_config()
     if path is not None:
         return instantiate_model(
-            load_model_config(path),
+            load_model_config(path, () if config else DEFAULT_OVERRIDES),
             where=f"{path}: model",
             error=ConfigError,
             **dims,

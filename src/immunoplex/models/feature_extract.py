@@ -274,6 +274,17 @@ class GeneSetScores(nn.Module):
                 log.warning("gene set %s: %d gene(s) absent: %s", name, len(absent), absent[:5])
             if idx:
                 weights[i, idx] = 1.0 / len(idx)
+        if not weights.any():  # every score would be 0 for every patient: nothing to learn from
+            kind = (
+                " (expression_norm=features gives feature columns, not genes: use "
+                "model/expression_encoder=mlp with it)"
+                if names and all(":" in n for n in names)
+                else ""
+            )
+            raise ConfigError(
+                f"model.expression_encoder: none of the {len(gene_sets)} gene sets has a gene "
+                f"among the {n_genes} expression inputs (first: {names[:3]}){kind}"
+            )
         self.register_buffer("weights", weights)
         self.set_names = [str(k) for k in gene_sets]
         self.out_dim = len(self.set_names)
