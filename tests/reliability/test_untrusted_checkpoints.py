@@ -148,7 +148,8 @@ def test_malformed_sections_are_checkpoint_errors(
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
-    path, _ = _checkpoint(tmp_path, dims={**DIMS, "n_genes": 7, "gene_names": list("abcdefg")})
+    genes = [*DIMS["gene_names"], "E", "F", "G"]  # 7 genes for weights of 4
+    path, _ = _checkpoint(tmp_path, dims={**DIMS, "n_genes": 7, "gene_names": genes})
     with pytest.raises(CheckpointError, match="do not fit the model"):
         model_from_checkpoint(load_checkpoint(path))
 
