@@ -99,41 +99,37 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame, benefit: pd.Series) -> dict:
     return out
 
 
-def recalibrate(run: Path, pred: pd.DataFrame, summary: dict) -> None:
+def recalibrate(run: Path, pred: pd.DataFrame) -> None:
     """``--recalibrate``: refit a finished run's calibration with today's rule (configs/train.yaml
     ``module.calibration``: prior shift, temperature test) from its held-out logits
     (predictions_val.csv, or the cross-fit's out-of-fold logits), without retraining; the test
     predictions' calibrated_probability and the attrs the benefit uses are replaced. The
     checkpoint is not touched."""
-    import math
 
     from omegaconf import OmegaConf
 
-    from immunoplex.evaluation.calibration import fit_calibration
+    from immunoplex.evaluation.calibration import calibration_rule, fit_calibration
     from immunoplex.paths import config_dir
     from immunoplex.training.checkpoint import load_checkpoint
 
-    def log_pos_weight(ckpt: Path) -> float:
-        return math.log(float(load_checkpoint(ckpt)["hyper_parameters"]["pos_weight"]))
+    def pos_weight(ckpt: Path) -> float:
+        return float(load_checkpoint(ckpt)["hyper_parameters"]["pos_weight"])
 
-    rule = OmegaConf.load(config_dir() / "train.yaml").module.calibration
+    settings = OmegaConf.load(config_dir() / "train.yaml").module.calibration
+    rule = calibration_rule(settings, pos_weight(run / "model.ckpt"))
     oof = run / "crossfit" / "oof_predictions.csv"
     if oof.is_file():
         held = pd.read_csv(oof, dtype={"patient_id": str})
-        if "crossfit_offset" not in held:  # written before the offset existed
-            held["crossfit_offset"] = [
-                log_pos_weight(run / "crossfit" / f"fold{k}" / "model.ckpt")
-                for k in held["crossfit_fold"]
-            ]
+        if "crossfit_offset" not in held:  # written before the offset existed: the folds'
+            folds = sorted(held["crossfit_fold"].unique())
+            shift = {k: calibration_rule(settings, pos_weight(
+                run / "crossfit" / f"fold{k}" / "model.ckpt"))["offset"] for k in folds}  # fmt: skip
+            held["crossfit_offset"] = held["crossfit_fold"].map(shift)
         fit_offset = held["crossfit_offset"].to_numpy(float)
     else:
         held, fit_offset = pd.read_csv(run / "predictions_val.csv", dtype={"patient_id": str}), None
-    offset = log_pos_weight(run / "model.ckpt") if rule.undo_pos_weight else 0.0
-    if not rule.undo_pos_weight and fit_offset is not None:
-        fit_offset = np.zeros_like(fit_offset)
     cal = fit_calibration(held["logit"].to_numpy(float), held["label"].to_numpy(float), alpha=None,
-                          offset=offset, fit_offset=fit_offset, temperature=rule.temperature,
-                          level=float(rule.level))  # fmt: skip
+                          fit_offset=fit_offset, **rule)  # fmt: skip
     pred["calibrated_probability"] = cal.probabilities(pred["logit"].to_numpy(float))
     pred.attrs["temperature"], pred.attrs["offset"] = cal.temperature, cal.offset
 
@@ -174,7 +170,7 @@ def run_model(
     pred.attrs["temperature"] = summary.get("temperature", 1.0)
     pred.attrs["offset"] = (summary.get("calibration") or {}).get("offset", 0.0)
     if recal:
-        recalibrate(out, pred, summary)
+        recalibrate(out, pred)
     best = Path(summary["best_checkpoint"]).name
     return {"wall_s": wall, "best": best, "run_dir": str(out), "pred": pred}
 
@@ -186,7 +182,7 @@ def logreg_baseline(run_dir: Path, data: Path, crossfit: bool = False) -> dict:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from immunoplex.data.datamodule import ResponseDataModule, data_config_from
-    from immunoplex.evaluation.calibration import fit_calibration
+    from immunoplex.evaluation.calibration import calibration_rule, fit_calibration
     from immunoplex.training.checkpoint import load_checkpoint, model_from_checkpoint
     from immunoplex.training.embed import attach_embeddings, build_encoder
     from immunoplex.training.inference import eval_loader
@@ -222,8 +218,7 @@ def logreg_baseline(run_dir: Path, data: Path, crossfit: bool = False) -> dict:
         return np.concatenate([z, z * c, c], axis=1)
 
     # the training run's temperature rule; sklearn's fit is unweighted, so no prior shift
-    rule = dict((cfg.get("module") or {}).get("calibration") or {})
-    rule = {"temperature": rule.get("temperature", "test"), "level": rule.get("level", 0.05)}
+    rule = calibration_rule((cfg.get("module") or {}).get("calibration"))
     x, w, t, y, _ = frames["train"]
     clf = LogisticRegressionCV(Cs=12, cv=5, scoring="neg_log_loss", max_iter=5000)
     if crossfit:  # standardised on train as above; the pool is train + val

@@ -114,7 +114,7 @@ def test_recalibrate_refits_todays_rule_from_the_held_out_logits(
         held.to_csv(tmp_path / "predictions_val.csv", index=False)
     pred = pd.DataFrame({"patient_id": ["A", "B"], "label": [1, 0], "logit": [np.log(w), 0.0],
                          "calibrated_probability": [0.9, 0.9]})  # fmt: skip
-    bench.recalibrate(tmp_path, pred, {})
+    bench.recalibrate(tmp_path, pred)
     assert pred.attrs["offset"] == pytest.approx(np.log(w))
     fo = None if not crossfit else np.log(np.where(held["crossfit_fold"] == 0, 1.4, 1.6))
     want = fit_calibration(held["logit"], y, alpha=None, offset=np.log(w), fit_offset=fo)

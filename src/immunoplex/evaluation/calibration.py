@@ -312,6 +312,23 @@ class Calibration:
         )
 
 
+def calibration_rule(
+    settings: Any | None, pos_weight: float | None = None
+) -> dict[str, float | str]:
+    """``fit_calibration``'s keywords from ``module.calibration`` (configs/train.yaml): the
+    temperature rule and its test level, and (given the loss's ``pos_weight``) the prior shift
+    log(pos_weight) when ``undo_pos_weight`` (the default)."""
+    c = settings or {}
+    rule: dict[str, float | str] = {
+        "temperature": str(c.get("temperature", "test")),
+        "level": float(c.get("level", 0.05)),
+    }
+    if pos_weight is not None:
+        undo = bool(c.get("undo_pos_weight", True))
+        rule["offset"] = math.log(float(pos_weight)) if undo else 0.0
+    return rule
+
+
 def fit_calibration(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -346,14 +363,10 @@ def fit_calibration(
     raw, y = _labelled(logits, labels)
     if raw.ndim != 1:
         raise ConfigError("calibration: fit_calibration expects 1-D binary logits")
-    if shift.ndim:  # one per row: drop the unlabelled rows as _labelled did
-        lab = np.asarray(labels, dtype=np.float64).reshape(-1)
-        if shift.shape != lab.shape:
-            raise ConfigError(
-                f"calibration: {shift.size} fit offsets but {lab.size} labels (must match)"
-            )
-        shift = shift[np.isfinite(lab) & (lab >= 0)]
-    x = raw - shift
+    n_rows = np.asarray(labels).reshape(-1).shape[0]
+    if shift.ndim and shift.shape != (n_rows,):  # one per row (the cross-fit's fold models)
+        raise ConfigError(f"calibration: {shift.size} fit offsets but {n_rows} labels (must match)")
+    x, _ = _labelled(np.asarray(logits, dtype=np.float64) - shift, labels)
     t_opt = fit_temperature(x, y)
     at_one, at_opt = _nll(x, y, 1.0), _nll(x, y, t_opt)
     stat = max(0.0, 2.0 * y.size * (at_one - at_opt))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from immunoplex.data.datamodule import ResponseDataModule, data_config_from
 from immunoplex.errors import ConfigError
-from immunoplex.evaluation.calibration import fit_calibration
+from immunoplex.evaluation.calibration import calibration_rule, fit_calibration
 from immunoplex.evaluation.metrics import auroc_score
 from immunoplex.training.checkpoint import atomic_save, load_checkpoint
 from immunoplex.training.inference import infer
@@ -118,19 +117,6 @@ def build(cfg: DictConfig) -> tuple[ResponseDataModule, ResponseModule, L.Traine
     return dm, module, trainer
 
 
-def calibration_settings(cfg: DictConfig, module: ResponseModule) -> dict[str, Any]:
-    """``fit_calibration``'s keywords from ``module.calibration`` (configs/train.yaml): the
-    prior shift log(pos_weight) of this model's loss (``undo_pos_weight``), the temperature
-    rule and its test level."""
-    c = cfg.module.get("calibration") or {}
-    undo = bool(c.get("undo_pos_weight", True))
-    return {
-        "offset": math.log(float(module.pos_weight)) if undo else 0.0,
-        "temperature": str(c.get("temperature", "test")),
-        "level": float(c.get("level", 0.05)),
-    }
-
-
 def finalize(
     dm: ResponseDataModule,
     module: ResponseModule,
@@ -174,7 +160,11 @@ def finalize(
             logits, labels = frames["val"]["logit"].to_numpy(), frames["val"]["label"].to_numpy()
             fit_offset = None
         calib = fit_calibration(
-            logits, labels, alpha=alpha, fit_offset=fit_offset, **calibration_settings(cfg, module)
+            logits,
+            labels,
+            alpha=alpha,
+            fit_offset=fit_offset,
+            **calibration_rule(cfg.module.get("calibration"), float(module.pos_weight)),
         )
         module.calibration = calib.to_dict()
         set_calibration(ckpt, calib.to_dict())
