@@ -134,6 +134,13 @@ FAST = [
     ),
     Case("train-pos-weight-abc", "train", _train("module.pos_weight=abc"), "module.pos_weight"),
     Case(
+        "train-checkpoint-min-epoch-negative",
+        "train",
+        _train("callbacks.model_checkpoint.min_epoch=-1"),
+        "min_epoch",
+        exact="error: callbacks.model_checkpoint.min_epoch must be an integer >= 0, got -1",
+    ),
+    Case(
         "train-n-folds-0",
         "train",
         _train("data.split.mode=kfold", "data.split.n_folds=0"),
