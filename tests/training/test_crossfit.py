@@ -73,7 +73,8 @@ def test_crossfit_calibrates_out_of_fold_and_fits_on_train_and_val(
 
 def test_crossfit_refuses_best_checkpoint_selection(tiny_cohort: Path, tmp_path: Path) -> None:
     cfg = compose_train(
-        fast_overrides(tiny_cohort, 1) + ["data.split.crossfit_folds=3"], tmp_path / "x"
+        fast_overrides(tiny_cohort, 1) + ["data.split.crossfit_folds=3", "select_checkpoint=best"],
+        tmp_path / "x",
     )
     with pytest.raises(ConfigError, match="select_checkpoint=last") as err:
         train(cfg)
