@@ -62,6 +62,7 @@ def _hydra_message(err: BaseException) -> str | None:
         from hydra.errors import (
             ConfigCompositionException,
             HydraException,
+            InstantiationException,
             MissingConfigException,
             OverrideParseException,
         )
@@ -69,6 +70,9 @@ def _hydra_message(err: BaseException) -> str | None:
         return None
     if not isinstance(err, HydraException):
         return None
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, ImmunoplexError):
+        # one of our classes (a callback, a logger) refused its settings inside instantiate()
+        return one_line(str(err.__cause__))
     text = str(err)
     if isinstance(err, OverrideParseException):
         reason = one_line(text.split("See https://")[0])
