@@ -71,7 +71,7 @@ def _hydra_message(err: BaseException) -> str | None:
     if not isinstance(err, HydraException):
         return None
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, ImmunoplexError):
-        # one of our classes (a callback, a logger) refused its settings inside instantiate()
+        # one of our classes (a callback, a logger) refused its settings while Hydra built it
         return one_line(str(err.__cause__))
     text = str(err)
     if isinstance(err, OverrideParseException):
